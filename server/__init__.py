@@ -1,0 +1,1 @@
+"""Relay server package (create_app lives in server.app)."""

@@ -1,0 +1,1 @@
+"""Accounts: orgs, users, sign-in and API tokens."""

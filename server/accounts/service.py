@@ -1,0 +1,122 @@
+"""Account operations: create users, issue and check API tokens, check passwords."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from server.accounts.models import ApiToken, Org, Role, User
+from server.db import utcnow
+
+TOKEN_PREFIX = "rly_"
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
+class AccountError(ValueError):
+    """A bad input to an account operation, with the field it concerns."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def valid_timezone(name: str) -> bool:
+    """True when ``name`` is an IANA time zone this machine knows."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def get_or_create_org(session: Session, name: str) -> Org:
+    """The org called ``name``, created if missing."""
+    org = session.scalar(select(Org).where(Org.name == name))
+    if org is None:
+        org = Org(name=name)
+        session.add(org)
+        session.flush()
+    return org
+
+
+def create_user(
+    session: Session,
+    *,
+    org: Org,
+    email: str,
+    name: str,
+    role: Role = Role.REP,
+    title: str = "",
+    timezone: str = "UTC",
+    password: str | None = None,
+) -> User:
+    """Create a user; the email must be unused and the time zone known."""
+    email = email.strip().lower()
+    if "@" not in email:
+        raise AccountError("email", f"{email!r} is not an email address")
+    if not valid_timezone(timezone):
+        raise AccountError("timezone", f"unknown time zone {timezone!r}")
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise AccountError("email", f"a user with email {email} already exists")
+    user = User(org_id=org.id, email=email, name=name, role=role, title=title,
+                timezone=timezone)
+    if password:
+        user.password_hash = generate_password_hash(password)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def hash_token(token: str) -> str:
+    """The stored form of an API token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, user: User, name: str = "") -> str:
+    """Issue a new API token for ``user`` and return it; only its hash is stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, token_hash=hash_token(token), name=name,
+                         prefix=token[:8]))
+    session.flush()
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    """The user an API token belongs to, or None; records when it was last used."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    row = session.execute(
+        select(User, ApiToken.id, ApiToken.last_used_at)
+        .join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_hash == hash_token(token))
+    ).first()
+    if row is None:
+        return None
+    user, token_id, last_used = row
+    now = utcnow()
+    # Write at most every few minutes: a write per request would serialise readers on SQLite.
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+    return user
+
+
+def authenticate(session: Session, email: str, password: str) -> User | None:
+    """The user with this email and password, or None."""
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None or not user.password_hash:
+        # Spend the same time as a real check so the answer does not reveal unknown emails.
+        check_password_hash(generate_password_hash("x"), password)
+        return None
+    return user if check_password_hash(user.password_hash, password) else None
+
+
+def set_password(user: User, password: str) -> None:
+    """Replace the user's password."""
+    user.password_hash = generate_password_hash(password)

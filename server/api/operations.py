@@ -1,0 +1,224 @@
+"""One table of API operations: each route names its request and response models once.
+
+The same pydantic models validate requests, serialise responses and generate the OpenAPI 3.1
+document at ``/openapi.json`` (see :func:`openapi_document`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from server.api.errors import ApiError, from_pydantic
+
+
+class Model(BaseModel):
+    """Base of request models: unknown fields are errors, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Query(BaseModel):
+    """Base of query-string models (values arrive as text, so they are parsed, not strict)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    """Base of response models."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One API endpoint as the OpenAPI document describes it."""
+
+    rule: str
+    method: str
+    endpoint: str
+    summary: str
+    description: str
+    tag: str
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    auth: bool
+    content_type: str = "application/json"
+    raw_body: str | None = None
+
+
+OPERATIONS: list[Operation] = []
+
+
+def operation(
+    bp: Blueprint,
+    rule: str,
+    method: str,
+    *,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    status: int = 200,
+    auth: bool = True,
+    content_type: str = "application/json",
+    raw_body: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a view on ``bp``: parse ``body``/``query`` with their models, serialise output.
+
+    The view receives path parameters, then ``body=`` and ``query=`` when declared, and returns
+    a ``response`` model instance (or a Flask response for streams).
+    """
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        doc = (view.__doc__ or "").strip()
+        summary, _, description = doc.partition("\n")
+        OPERATIONS.append(
+            Operation(
+                rule=(bp.url_prefix or "") + rule,
+                method=method.upper(),
+                endpoint=f"{bp.name}.{view.__name__}",
+                summary=summary.strip(),
+                description=description.strip(),
+                tag=bp.name,
+                body=body,
+                query=query,
+                response=response,
+                status=status,
+                auth=auth,
+                content_type=content_type,
+                raw_body=raw_body,
+            )
+        )
+
+        @functools.wraps(view)
+        def wrapper(**path: Any) -> Any:
+            kwargs: dict[str, Any] = dict(path)
+            if body is not None:
+                raw = request.get_data() or b""
+                if not raw.strip():
+                    # An empty body stands for {}: required fields are then reported by name.
+                    raw = b"{}"
+                elif request.mimetype != "application/json":
+                    raise ApiError(415, "unsupported_media_type",
+                                   "send the request body as application/json")
+                try:
+                    kwargs["body"] = body.model_validate_json(raw)
+                except ValidationError as exc:
+                    raise from_pydantic(exc) from None
+            if query is not None:
+                try:
+                    kwargs["query"] = query.model_validate(request.args.to_dict())
+                except ValidationError as exc:
+                    raise from_pydantic(exc) from None
+            result = view(**kwargs)
+            if isinstance(result, Response):
+                return result
+            if isinstance(result, BaseModel):
+                resp = jsonify(result.model_dump(mode="json"))
+                resp.status_code = status
+                return resp
+            return result
+
+        bp.add_url_rule(rule, view_func=wrapper, methods=[method.upper()])
+        return wrapper
+
+    return decorate
+
+
+_PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
+
+
+def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+    for name, sub in schema.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    components.setdefault(model.__name__, schema)
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def openapi_document(title: str, version: str, server_url: str) -> dict[str, Any]:
+    """Generate the OpenAPI 3.1 document from the registered operations and their models."""
+    components: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        params: list[dict[str, Any]] = []
+        for conv, name in _PATH_PARAM.findall(op.rule):
+            params.append({
+                "name": name, "in": "path", "required": True,
+                "schema": {"type": "integer"} if conv == "int" else {"type": "string"},
+            })
+        if op.query is not None:
+            qschema = op.query.model_json_schema(mode="validation")
+            required = set(qschema.get("required", []))
+            for name, prop in qschema.get("properties", {}).items():
+                params.append({"name": name, "in": "query", "required": name in required,
+                               "schema": prop})
+        item: dict[str, Any] = {
+            "operationId": op.endpoint.replace(".", "_"),
+            "summary": op.summary,
+            "tags": [op.tag],
+            "responses": {},
+        }
+        if op.description:
+            item["description"] = op.description
+        if params:
+            item["parameters"] = params
+        if op.body is not None:
+            item["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _schema(op.body, components,
+                                                                     "validation")}},
+            }
+        elif op.raw_body is not None:
+            item["requestBody"] = {
+                "required": True,
+                "content": {op.raw_body: {"schema": {"type": "string"}}},
+            }
+        ok: dict[str, Any] = {"description": "OK"}
+        if op.response is not None:
+            ok["content"] = {op.content_type: {"schema": _schema(op.response, components,
+                                                                  "serialization")}}
+        elif op.content_type != "application/json":
+            ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
+        item["responses"][str(op.status)] = ok
+        err_ref = {"$ref": "#/components/responses/Error"}
+        for code in ("400", "401", "404", "422") if op.auth else ("400", "422"):
+            item["responses"][code] = err_ref
+        if op.auth:
+            item["security"] = [{"bearer": []}]
+        path = _PATH_PARAM.sub(r"{\2}", op.rule)
+        paths.setdefault(path, {})[op.method.lower()] = item
+    components["Error"] = {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "errors": {"type": "array", "items": {
+                "type": "object", "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"},
+                               "rule": {"type": "string"}}}},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "servers": [{"url": server_url}],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(components.items())),
+            "responses": {"Error": {"description": "An error naming the field and rule",
+                                    "content": {"application/json": {
+                                        "schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "relay token create --email E"}},
+        },
+    }

@@ -1,0 +1,67 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, jsonify
+
+from server import db
+from server.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+VERSION = "0.1.0"
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Relay Flask app; ``test_config`` overrides the environment's configuration."""
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder=str(ROOT / "templates"),
+    )
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    app.config.from_mapping(load_config(Path(app.instance_path)))
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    db.init_app(app)
+
+    from server.api import errors
+
+    errors.init_app(app)
+
+    from server.campaigns import views as campaign_views
+    from server.compose import views as template_views
+    from server.contacts import views as contact_views
+    from server.feed import views as feed_views
+    from server.tasks import views as task_views
+    from server.web import views as web_views
+
+    for module in (contact_views, template_views, campaign_views, task_views, feed_views,
+                   web_views):
+        app.register_blueprint(module.bp)
+    for module in (campaign_views,):
+        if hasattr(module, "enrollments_bp"):
+            app.register_blueprint(module.enrollments_bp)
+
+    @app.get("/openapi.json")
+    def openapi() -> Any:
+        """The OpenAPI 3.1 document of every /api endpoint."""
+        from server.api.operations import openapi_document
+
+        return jsonify(openapi_document("Relay API", VERSION, app.config["PUBLIC_URL"]))
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        """Liveness: the process answers and the database is reachable."""
+        from sqlalchemy import text
+
+        db.get_session().execute(text("SELECT 1"))
+        return jsonify({"ok": True})
+
+    return app

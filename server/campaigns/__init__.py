@@ -1,0 +1,1 @@
+"""Campaigns: steps, send options, validation, launch and planning."""

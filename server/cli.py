@@ -1,0 +1,158 @@
+"""The ``relay`` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask
+from sqlalchemy import select
+
+from server.accounts.models import Role, User
+from server.db import session_scope
+
+
+def _app() -> Flask:
+    from server.app import create_app
+
+    return create_app()
+
+
+@click.group()
+def main() -> None:
+    """Relay: sales campaigns, email tasks and native Gmail / Outlook compose."""
+
+
+@main.group()
+def db() -> None:
+    """Database commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to DATABASE_URL (default: instance/relay.sqlite3)."""
+    from server.migrations import upgrade
+
+    app = _app()
+    upgrade(app.config["DATABASE_URL"])
+    click.echo("database is up to date")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Run the web server (development server; use gunicorn in production)."""
+    app = _app()
+    app.run(host=host, port=port, threaded=True)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="do one pass and exit")
+def worker(once: bool) -> None:
+    """Process due work: scheduled starts (and, later, sends and CRM sync)."""
+    from server.worker import run
+
+    run(_app(), once=once)
+
+
+@main.group()
+def user() -> None:
+    """User commands."""
+
+
+@user.command("create")
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--org", "org_name", required=True, help="org name (created if missing)")
+@click.option("--role", type=click.Choice([r.value for r in Role]), default="rep",
+              show_default=True)
+@click.option("--title", default="")
+@click.option("--timezone", default="UTC", show_default=True)
+@click.option("--password", default=None, help="prompted for when omitted")
+def user_create(email: str, name: str, org_name: str, role: str, title: str, timezone: str,
+                password: str | None) -> None:
+    """Create a user who can sign in to the web app."""
+    from server.accounts.service import AccountError, create_user, get_or_create_org
+
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    app = _app()
+    try:
+        with session_scope(app) as session:
+            org = get_or_create_org(session, org_name)
+            created = create_user(session, org=org, email=email, name=name, role=Role(role),
+                                  title=title, timezone=timezone, password=password)
+            click.echo(f"created {created.role.value} {created.email} (id {created.id}) "
+                       f"in org {org.name}")
+    except AccountError as exc:
+        raise click.ClickException(f"{exc.field}: {exc.message}") from None
+
+
+@main.group()
+def token() -> None:
+    """API token commands."""
+
+
+@token.command("create")
+@click.option("--email", required=True, help="the user the token acts as")
+@click.option("--name", default="cli", show_default=True)
+def token_create(email: str, name: str) -> None:
+    """Print a new API token for a user (shown once; only its hash is stored)."""
+    from server.accounts.service import create_token
+
+    app = _app()
+    with session_scope(app) as session:
+        found = session.scalar(select(User).where(User.email == email.strip().lower()))
+        if found is None:
+            raise click.ClickException(
+                f"no user with email {email}; create one with `relay user create`")
+        click.echo(create_token(session, found, name))
+
+
+@main.group()
+def contacts() -> None:
+    """Contact commands."""
+
+
+@contacts.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--email", required=True, help="the rep who will own the contacts")
+@click.option("--skip-errors", is_flag=True, help="import the good rows of a file with bad ones")
+def contacts_import(file: Path, email: str, skip_errors: bool) -> None:
+    """Import contacts from a CSV file with a header row, with a progress bar."""
+    from tqdm import tqdm
+
+    from server.contacts.service import import_csv
+
+    app = _app()
+    with session_scope(app) as session:
+        owner = session.scalar(select(User).where(User.email == email.strip().lower()))
+        if owner is None:
+            raise click.ClickException(f"no user with email {email}")
+        with file.open(encoding="utf-8-sig", newline="") as fh:
+            total = max(sum(1 for _ in fh) - 1, 0)
+            fh.seek(0)
+            with tqdm(total=total, unit="row", file=sys.stderr, disable=None) as bar:
+                report = import_csv(session, owner, fh, skip_errors=skip_errors,
+                                    progress=bar.update)
+    for err in report.errors:
+        click.echo(f"{file.name}: {err.field}: {err.message}", err=True)
+    if report.errors and not report.stored:
+        raise click.ClickException(
+            f"{len(report.errors)} bad rows; nothing was imported. Fix them, or pass "
+            "--skip-errors to import the good rows.")
+    click.echo(f"imported {report.created} contacts ({report.duplicates} already present, "
+               f"{len(report.errors)} bad rows skipped)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--no-serve", is_flag=True, help="set up the demo data and exit")
+def demo(host: str, port: int, no_serve: bool) -> None:
+    """Create (or reuse) a demo org in instance/relay.sqlite3 and serve it with a worker."""
+    from server.demo import run_demo
+
+    run_demo(_app(), host=host, port=port, serve=not no_serve)

@@ -1,0 +1,1 @@
+"""Compose: email templates and (later) rendering them for a contact."""

@@ -1,0 +1,107 @@
+"""Template endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint
+from pydantic import Field
+from sqlalchemy import select
+
+from server.accounts.auth import api_user
+from server.api.errors import ApiError, not_found
+from server.api.operations import Model, Out, operation
+from server.campaigns.models import CampaignStep
+from server.compose import service
+from server.compose.models import Template
+from server.contacts.views import Deleted
+from server.db import get_session
+
+bp = Blueprint("templates", __name__, url_prefix="/api/templates")
+
+
+class TemplateIn(Model):
+    """A new template: stored as written."""
+
+    name: str = Field(min_length=1, max_length=200)
+    subject: str = Field("", max_length=998)
+    body_html: str = Field("", max_length=256 * 1024)
+
+
+class TemplatePatch(Model):
+    """Fields to change on a template."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    subject: str | None = Field(None, max_length=998)
+    body_html: str | None = Field(None, max_length=256 * 1024)
+
+
+class TemplateOut(Out):
+    """A template."""
+
+    id: int
+    name: str
+    subject: str
+    body_html: str
+    created_by_id: int | None
+    updated_at: datetime
+
+
+class TemplateList(Out):
+    """Every template of the org."""
+
+    items: list[TemplateOut]
+
+
+def _load(template_id: int) -> Template:
+    template = service.get_template(get_session(), api_user(), template_id)
+    if template is None:
+        raise not_found("template")
+    return template
+
+
+@operation(bp, "", "POST", body=TemplateIn, response=TemplateOut, status=201)
+def create(body: TemplateIn) -> TemplateOut:
+    """Create a template for the caller's org."""
+    template = service.create_template(get_session(), api_user(), **body.model_dump())
+    get_session().commit()
+    return TemplateOut.model_validate(template)
+
+
+@operation(bp, "", "GET", response=TemplateList)
+def list_() -> TemplateList:
+    """List the org's templates."""
+    rows = service.list_templates(get_session(), api_user())
+    return TemplateList(items=[TemplateOut.model_validate(t) for t in rows])
+
+
+@operation(bp, "/<int:template_id>", "GET", response=TemplateOut)
+def read(template_id: int) -> TemplateOut:
+    """Read a template of the caller's org."""
+    return TemplateOut.model_validate(_load(template_id))
+
+
+@operation(bp, "/<int:template_id>", "PATCH", body=TemplatePatch, response=TemplateOut)
+def update(template_id: int, body: TemplatePatch) -> TemplateOut:
+    """Change a template; campaigns using it pick the change up for emails not yet rendered."""
+    template = _load(template_id)
+    for key, value in body.model_dump(exclude_unset=True).items():
+        if value is None:
+            raise ApiError(422, "validation_failed", f"{key}: may not be null")
+        setattr(template, key, value)
+    get_session().commit()
+    return TemplateOut.model_validate(template)
+
+
+@operation(bp, "/<int:template_id>", "DELETE", response=Deleted)
+def delete(template_id: int) -> Deleted:
+    """Delete a template that no campaign step uses."""
+    template = _load(template_id)
+    session = get_session()
+    used = session.scalar(select(CampaignStep.campaign_id).where(
+        CampaignStep.template_id == template.id).limit(1))
+    if used is not None:
+        raise ApiError(409, "in_use", f"campaign {used} uses this template; change its steps first")
+    session.delete(template)
+    session.commit()
+    return Deleted(deleted=template_id)

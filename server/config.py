@@ -1,0 +1,63 @@
+"""Configuration from environment variables (the README has the table)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+#: Variables read from the environment, with their development defaults (None = unset).
+ENV_VARS: dict[str, str | None] = {
+    "PUBLIC_URL": "http://127.0.0.1:5000",
+    "DATABASE_URL": None,
+    "SECRET_KEY": None,
+    "ENCRYPTION_KEYS": None,
+    "GOOGLE_CLIENT_ID": None,
+    "GOOGLE_CLIENT_SECRET": None,
+    "GMAIL_ADDON_SERVICE_ACCOUNT": None,
+    "GMAIL_ADDON_CLIENT_ID": None,
+    "MS_CLIENT_ID": None,
+    "MS_CLIENT_SECRET": None,
+    "MS_TENANTS": None,
+    "SALESFORCE_CLIENT_ID": None,
+    "SALESFORCE_CLIENT_SECRET": None,
+    "SALESFORCE_LOGIN_URL": "https://login.salesforce.com",
+    "MAIL_TRANSPORT": "outbox",
+    "RELAY_ENV": "development",
+    "FEED_STREAM_SECONDS": "25",
+    "WORKER_POLL_SECONDS": "5",
+}
+
+
+def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build the app configuration from ``environ`` (default ``os.environ``).
+
+    Development gets a SQLite file under ``instance/`` and a random per-process secret;
+    production (``RELAY_ENV=production``) refuses to start without ``SECRET_KEY`` and
+    ``DATABASE_URL``.
+    """
+    env = os.environ if environ is None else environ
+    cfg: dict[str, Any] = {name: env.get(name, default) for name, default in ENV_VARS.items()}
+    if not cfg["DATABASE_URL"]:
+        cfg["DATABASE_URL"] = f"sqlite:///{instance_path / 'relay.sqlite3'}"
+    cfg["DATABASE_URL"] = normalise_database_url(cfg["DATABASE_URL"])
+    production = cfg["RELAY_ENV"] == "production"
+    if production:
+        missing = [n for n in ("SECRET_KEY", "DATABASE_URL") if not env.get(n)]
+        if missing:
+            raise RuntimeError(
+                f"RELAY_ENV=production needs {', '.join(missing)}: set them in the environment"
+            )
+    if not cfg["SECRET_KEY"]:
+        cfg["SECRET_KEY"] = os.urandom(32).hex()
+    cfg["FEED_STREAM_SECONDS"] = float(cfg["FEED_STREAM_SECONDS"])
+    cfg["WORKER_POLL_SECONDS"] = float(cfg["WORKER_POLL_SECONDS"])
+    return cfg
+
+
+def normalise_database_url(url: str) -> str:
+    """Make ``postgresql://`` and ``postgres://`` URLs use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url

@@ -1,0 +1,1 @@
+"""Contacts: the people a rep adds to campaigns."""

@@ -1,0 +1,227 @@
+"""Contact operations: create, update, delete, list and CSV import."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.accounts.models import User
+from server.accounts.service import valid_timezone
+from server.api.errors import FieldError
+from server.contacts.models import Contact
+from server.errors import Invalid
+
+STANDARD_FIELDS = ("first_name", "last_name", "email", "title", "company", "timezone")
+CUSTOM_PREFIX = "custom_field_"
+
+
+def normalise_email(value: str) -> str:
+    """Check an address strictly (no DNS lookups) and return it normalised, or raise ValueError."""
+    try:
+        return validate_email(value.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_contact_fields(values: dict[str, Any], prefix: str = "") -> list[FieldError]:
+    """Errors in a contact's values (email syntax, time zone, custom field names)."""
+    errors: list[FieldError] = []
+    email = values.get("email")
+    if email:
+        try:
+            values["email"] = normalise_email(email)
+        except ValueError as exc:
+            errors.append(FieldError(f"{prefix}email", f"{email!r} is not a valid address: {exc}"))
+    tz = values.get("timezone")
+    if tz and not valid_timezone(tz):
+        errors.append(FieldError(f"{prefix}timezone", f"unknown time zone {tz!r}"))
+    for name in (values.get("custom_fields") or {}):
+        if not name.isidentifier():
+            errors.append(FieldError(f"{prefix}custom_fields.{name}",
+                                     "custom field names use letters, digits and _"))
+    return errors
+
+
+def _duplicate(session: Session, owner: User, email: str | None, exclude: int | None) -> bool:
+    if not email:
+        return False
+    q = select(Contact.id).where(Contact.owner_id == owner.id, Contact.email == email)
+    if exclude is not None:
+        q = q.where(Contact.id != exclude)
+    return session.scalar(q) is not None
+
+
+def create_contact(session: Session, owner: User, values: dict[str, Any]) -> Contact:
+    """Create a contact owned by ``owner``; raises a list of FieldError on bad input."""
+    errors = check_contact_fields(values)
+    if not errors and _duplicate(session, owner, values.get("email"), None):
+        errors.append(FieldError("email", f"you already have a contact with {values['email']}"))
+    if errors:
+        raise Invalid(errors)
+    contact = Contact(org_id=owner.org_id, owner_id=owner.id, **values)
+    session.add(contact)
+    session.flush()
+    return contact
+
+
+def update_contact(session: Session, contact: Contact, values: dict[str, Any]) -> Contact:
+    """Change the given fields of a contact."""
+    errors = check_contact_fields(values)
+    owner = session.get(User, contact.owner_id)
+    assert owner is not None
+    if not errors and _duplicate(session, owner, values.get("email"), contact.id):
+        errors.append(FieldError("email", f"you already have a contact with {values['email']}"))
+    if errors:
+        raise Invalid(errors)
+    for key, value in values.items():
+        setattr(contact, key, value)
+    session.flush()
+    return contact
+
+
+def get_contact(session: Session, user: User, contact_id: int) -> Contact | None:
+    """A contact the user owns, or None (another rep's contact is not found)."""
+    return session.scalar(
+        select(Contact).where(Contact.id == contact_id, Contact.owner_id == user.id)
+    )
+
+
+def list_contacts(
+    session: Session, user: User, *, q: str | None, page: int, per_page: int
+) -> tuple[list[Contact], int]:
+    """The user's contacts, optionally filtered by a search string, and the total count."""
+    stmt = select(Contact).where(Contact.owner_id == user.id)
+    if q:
+        like = f"%{q.lower()}%"
+        stmt = stmt.where(
+            func.lower(Contact.email).like(like)
+            | func.lower(Contact.first_name).like(like)
+            | func.lower(Contact.last_name).like(like)
+            | func.lower(Contact.company).like(like)
+        )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(
+        stmt.order_by(Contact.id).limit(per_page).offset((page - 1) * per_page)
+    ).all()
+    return list(rows), total
+
+
+@dataclass
+class ImportReport:
+    """What a CSV import did: rows created, rows already present, and every bad row."""
+
+    created: int = 0
+    duplicates: int = 0
+    errors: list[FieldError] = field(default_factory=list)
+    stored: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "created": self.created,
+            "duplicates": self.duplicates,
+            "stored": self.stored,
+            "errors": [e.as_dict() for e in self.errors],
+        }
+
+
+def _row_values(header: list[str], row: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    custom: dict[str, str] = {}
+    for name, cell in zip(header, row, strict=False):
+        cell = cell.strip()
+        if name in STANDARD_FIELDS:
+            if name in ("email", "timezone") and not cell:
+                continue
+            values[name] = cell
+        elif name.startswith(CUSTOM_PREFIX) and cell:
+            custom[name[len(CUSTOM_PREFIX):]] = cell
+    values["custom_fields"] = custom
+    return values
+
+
+def import_csv(
+    session: Session,
+    owner: User,
+    data: str | Iterable[str],
+    *,
+    skip_errors: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import contacts from CSV text with a header row.
+
+    Columns: first_name, last_name, email, title, company, timezone and ``custom_field_<name>``.
+    Every bad row is reported (``line N``). A file with any error stores nothing unless
+    ``skip_errors`` is set, in which case the good rows are stored and the bad ones reported.
+    Contacts the owner already has (same email) are counted as duplicates and left alone.
+    """
+    text = io.StringIO(data) if isinstance(data, str) else data
+    reader = csv.reader(text)
+    report = ImportReport()
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        report.errors.append(FieldError("line 1", "the file is empty; expected a header row"))
+        return report
+    except csv.Error as exc:
+        report.errors.append(FieldError("line 1", f"unreadable CSV: {exc}"))
+        return report
+    unknown = [h for h in header if h not in STANDARD_FIELDS and not h.startswith(CUSTOM_PREFIX)]
+    if unknown or "email" not in header:
+        msg = (f"unknown columns {', '.join(unknown)}; " if unknown else "") + (
+            "columns are " + ", ".join(STANDARD_FIELDS) + " and custom_field_<name>"
+        )
+        if "email" not in header:
+            msg = "the header has no email column; " + msg
+        report.errors.append(FieldError("line 1", msg))
+        return report
+
+    existing = set(session.scalars(select(Contact.email).where(Contact.owner_id == owner.id)))
+    seen: set[str] = set()
+    good: list[dict[str, Any]] = []
+    line = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            line += 1
+            report.errors.append(FieldError(f"line {line}", f"unreadable CSV: {exc}"))
+            continue
+        line = reader.line_num
+        if progress is not None:
+            progress(1)
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            report.errors.append(FieldError(
+                f"line {line}", f"has {len(row)} cells; the header has {len(header)}"))
+            continue
+        values = _row_values(header, row)
+        if not values.get("email"):
+            report.errors.append(FieldError(f"line {line}.email", "an email address is required"))
+            continue
+        errs = check_contact_fields(values, prefix=f"line {line}.")
+        if errs:
+            report.errors.extend(errs)
+            continue
+        if values["email"] in existing or values["email"] in seen:
+            report.duplicates += 1
+            continue
+        seen.add(values["email"])
+        good.append(values)
+    if report.errors and not skip_errors:
+        return report
+    session.add_all(Contact(org_id=owner.org_id, owner_id=owner.id, **v) for v in good)
+    session.flush()
+    report.created = len(good)
+    report.stored = True
+    return report

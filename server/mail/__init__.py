@@ -1,0 +1,1 @@
+"""Mail: the scheduled-send outbox (the dispatcher and transports come with sending)."""

@@ -1,0 +1,1 @@
+"""The task queue (Command Center)."""

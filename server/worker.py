@@ -1,0 +1,60 @@
+"""``relay worker``: the background loop that makes due work happen.
+
+For now it starts people whose scheduled start has come, which makes their first task appear
+or schedules their first email. The email dispatcher and CRM sync join this loop later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask import Flask
+
+from server.campaigns.progress import start_due_enrollments
+from server.db import session_scope, utcnow
+
+log = logging.getLogger("relay.worker")
+
+
+@dataclass
+class TickResult:
+    """What one pass of the worker did."""
+
+    started: int = 0
+
+
+def tick(app: Flask, now: datetime | None = None) -> TickResult:
+    """Do all work due at ``now`` (default: the current moment) and return what was done."""
+    now = now or utcnow()
+    result = TickResult()
+    with session_scope(app) as session:
+        result.started = start_due_enrollments(session, now)
+    if result.started:
+        log.info("started %d people whose campaign start had come", result.started)
+    return result
+
+
+def run(app: Flask, stop: threading.Event | None = None, *, once: bool = False) -> None:
+    """Run ticks every ``WORKER_POLL_SECONDS`` until ``stop`` is set (or once)."""
+    stop = stop or threading.Event()
+    interval = float(app.config["WORKER_POLL_SECONDS"])
+    log.info("worker running against %s, every %.1f s", _safe_url(app), interval)
+    while not stop.is_set():
+        try:
+            tick(app)
+        except Exception:
+            # The loop must survive a bad pass (a database restart, say); the failure is
+            # logged with its traceback and the next pass retries it.
+            log.exception("worker pass failed; retrying in %.1f s", interval)
+        if once:
+            return
+        stop.wait(interval)
+
+
+def _safe_url(app: Flask) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
