@@ -71,8 +71,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # pysqlite's own transaction handling is replaced by explicit BEGINs below so that
-            # the worker can take BEGIN IMMEDIATE when it claims rows.
+            # pysqlite's own transaction handling is replaced by the explicit BEGIN below.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
@@ -82,8 +81,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            mode = conn.get_execution_options().get("sqlite_begin", "BEGIN")
-            conn.exec_driver_sql(mode)
+            # Writing sessions BEGIN IMMEDIATE: they take the write lock up front, so concurrent
+            # writers (web threads, the worker) queue on the busy timeout instead of failing
+            # with "database is locked" when a read transaction upgrades to a write.
+            conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -95,6 +96,8 @@ def init_app(app: Flask) -> None:
     engine = make_engine(app.config["DATABASE_URL"])
     app.extensions["relay.engine"] = engine
     app.extensions["relay.sessionmaker"] = sessionmaker(engine, expire_on_commit=False)
+    writer = engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+    app.extensions["relay.write_sessionmaker"] = sessionmaker(writer, expire_on_commit=False)
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:
@@ -105,17 +108,19 @@ def init_app(app: Flask) -> None:
 
 def get_session() -> Session:
     """The session of the current app context (one per request or CLI command)."""
-    from flask import current_app
+    from flask import current_app, has_request_context, request
 
     if "db_session" not in g:
-        g.db_session = current_app.extensions["relay.sessionmaker"]()
+        writes = not has_request_context() or request.method not in ("GET", "HEAD", "OPTIONS")
+        key = "relay.write_sessionmaker" if writes else "relay.sessionmaker"
+        g.db_session = current_app.extensions[key]()
     return g.db_session
 
 
 @contextmanager
 def session_scope(app: Flask) -> Iterator[Session]:
     """A standalone session for workers and CLI commands: commit on success, roll back on error."""
-    session: Session = app.extensions["relay.sessionmaker"]()
+    session: Session = app.extensions["relay.write_sessionmaker"]()
     try:
         yield session
         session.commit()
