@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.accounts.models import User
+from server.api.errors import FieldError
 from server.compose.models import Template
+from server.errors import Invalid
 
 
 def get_template(session: Session, user: User, template_id: int) -> Template | None:
@@ -29,5 +33,17 @@ def create_template(session: Session, user: User, *, name: str, subject: str,
     template = Template(org_id=user.org_id, created_by_id=user.id, name=name, subject=subject,
                         body_html=body_html)
     session.add(template)
+    session.flush()
+    return template
+
+
+def update_template(session: Session, template: Template, values: dict[str, Any]) -> Template:
+    """Change the given fields; null is not a value for any of them (nothing changes then)."""
+    errors = [FieldError(name, 'may not be null; send "" to clear it')
+              for name, value in values.items() if value is None]
+    if errors:
+        raise Invalid(errors)
+    for key, value in values.items():
+        setattr(template, key, value)
     session.flush()
     return template

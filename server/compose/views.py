@@ -84,11 +84,8 @@ def read(template_id: int) -> TemplateOut:
 @operation(bp, "/<int:template_id>", "PATCH", body=TemplatePatch, response=TemplateOut)
 def update(template_id: int, body: TemplatePatch) -> TemplateOut:
     """Change a template; campaigns using it pick the change up for emails not yet rendered."""
-    template = _load(template_id)
-    for key, value in body.model_dump(exclude_unset=True).items():
-        if value is None:
-            raise ApiError(422, "validation_failed", f"{key}: may not be null")
-        setattr(template, key, value)
+    template = service.update_template(get_session(), _load(template_id),
+                                       body.model_dump(exclude_unset=True))
     get_session().commit()
     return TemplateOut.model_validate(template)
 

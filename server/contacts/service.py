@@ -71,9 +71,17 @@ def create_contact(session: Session, owner: User, values: dict[str, Any]) -> Con
     return contact
 
 
+#: Fields a contact always has; "" clears the text ones, null is not a value for them.
+NOT_NULL_FIELDS = ("first_name", "last_name", "title", "company", "custom_fields")
+
+
 def update_contact(session: Session, contact: Contact, values: dict[str, Any]) -> Contact:
-    """Change the given fields of a contact."""
-    errors = check_contact_fields(values)
+    """Change the given fields of a contact; null clears only ``email`` and ``timezone``."""
+    errors = [
+        FieldError(name, "may not be null; send \"\" (or {} for custom_fields) to clear it")
+        for name in NOT_NULL_FIELDS if name in values and values[name] is None
+    ]
+    errors += check_contact_fields(values)
     owner = session.get(User, contact.owner_id)
     assert owner is not None
     if not errors and _duplicate(session, owner, values.get("email"), contact.id):

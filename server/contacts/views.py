@@ -157,6 +157,9 @@ def import_csv(query: ImportQuery) -> ImportOut:
     Every bad row is reported; nothing is stored from a file with errors unless
     ``skip_errors=true``.
     """
+    if request.mimetype not in ("text/csv", "text/plain"):
+        raise ApiError(415, "unsupported_media_type",
+                       "send the CSV file as the request body with Content-Type: text/csv")
     raw = request.get_data()
     try:
         text = raw.decode("utf-8-sig")
