@@ -91,8 +91,12 @@ def check_campaign(session: Session, user: User, settings: dict[str, Any],
     return errors
 
 
-def _apply_steps(campaign: Campaign, steps: Sequence[StepInput]) -> None:
-    campaign.steps.clear()
+def _apply_steps(session: Session, campaign: Campaign, steps: Sequence[StepInput]) -> None:
+    if campaign.steps:
+        campaign.steps.clear()
+        # The unit of work inserts before it deletes; the old rows must go first or the new
+        # ones collide with them on (campaign_id, position).
+        session.flush()
     for i, s in enumerate(steps):
         campaign.steps.append(CampaignStep(
             position=i, day=s.day, type=s.type, send_option=s.send_option,
@@ -109,8 +113,8 @@ def create_campaign(session: Session, user: User, *, name: str, settings: dict[s
     if errors:
         raise Invalid(errors)
     campaign = Campaign(org_id=user.org_id, owner_id=user.id, name=name, **settings)
-    _apply_steps(campaign, steps)
     session.add(campaign)
+    _apply_steps(session, campaign, steps)
     session.flush()
     return campaign
 
@@ -141,7 +145,7 @@ def update_campaign(session: Session, user: User, campaign: Campaign, *, name: s
         if count:
             raise Conflict(f"{count} people are in this campaign; its steps can no longer be "
                            "changed (make a copy instead)")
-        _apply_steps(campaign, steps)
+        _apply_steps(session, campaign, steps)
     if name is not None:
         campaign.name = name
     for key, value in settings.items():

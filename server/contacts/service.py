@@ -171,7 +171,8 @@ def import_csv(
     Contacts the owner already has (same email) are counted as duplicates and left alone.
     """
     text = io.StringIO(data) if isinstance(data, str) else data
-    reader = csv.reader(text)
+    # strict: an unclosed quote is an error, not a cell that swallows the rest of the file.
+    reader = csv.reader(text, strict=True)
     report = ImportReport()
     try:
         header = [h.strip().lower() for h in next(reader)]
@@ -201,8 +202,9 @@ def import_csv(
         except StopIteration:
             break
         except csv.Error as exc:
-            line += 1
-            report.errors.append(FieldError(f"line {line}", f"unreadable CSV: {exc}"))
+            hint = " (a quote that is never closed?)" if "end of data" in str(exc) else ""
+            report.errors.append(FieldError(f"line {line + 1}", f"unreadable CSV: {exc}{hint}"))
+            line = reader.line_num
             continue
         line = reader.line_num
         if progress is not None:
