@@ -14,9 +14,22 @@ from server.db import session_scope
 
 
 def _app() -> Flask:
+    """Build the app for one command; its engine is disposed when the command ends."""
     from server.app import create_app
 
-    return create_app()
+    app = create_app()
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        # Without this every command leaves its pool's connections open until garbage
+        # collection (which on PostgreSQL keeps server backends around).
+        ctx.call_on_close(app.extensions["relay.engine"].dispose)
+    return app
+
+
+def _no_user(email: str) -> click.ClickException:
+    return click.ClickException(
+        f"no user with email {email}; create one with "
+        f"`relay user create --email {email} --name NAME --org ORG`")
 
 
 @click.group()
@@ -106,8 +119,7 @@ def token_create(email: str, name: str) -> None:
     with session_scope(app) as session:
         found = session.scalar(select(User).where(User.email == email.strip().lower()))
         if found is None:
-            raise click.ClickException(
-                f"no user with email {email}; create one with `relay user create`")
+            raise _no_user(email)
         click.echo(create_token(session, found, name))
 
 
@@ -130,7 +142,7 @@ def contacts_import(file: Path, email: str, skip_errors: bool) -> None:
     with session_scope(app) as session:
         owner = session.scalar(select(User).where(User.email == email.strip().lower()))
         if owner is None:
-            raise click.ClickException(f"no user with email {email}")
+            raise _no_user(email)
         with file.open(encoding="utf-8-sig", newline="") as fh:
             total = max(sum(1 for _ in fh) - 1, 0)
             fh.seek(0)

@@ -156,7 +156,11 @@ def openapi_document(title: str, version: str, server_url: str) -> dict[str, Any
                 "schema": {"type": "integer"} if conv == "int" else {"type": "string"},
             })
         if op.query is not None:
-            qschema = op.query.model_json_schema(mode="validation")
+            qschema = op.query.model_json_schema(
+                ref_template="#/components/schemas/{model}", mode="validation")
+            # Enums and nested models a parameter refers to live with the other schemas.
+            for name, sub in qschema.pop("$defs", {}).items():
+                components.setdefault(name, sub)
             required = set(qschema.get("required", []))
             for name, prop in qschema.get("properties", {}).items():
                 params.append({"name": name, "in": "query", "required": name in required,
