@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -455,3 +456,19 @@ def test_campaigns_need_a_valid_token(client: FlaskClient, world: World):
         r = client.get("/api/campaigns", headers={"Authorization": header})
         assert r.status_code == 401, header
         assert r.json["error"] == "unauthorized"
+
+
+def test_T1_launch_reports_the_start_in_utc(client: FlaskClient, session: Session, world: World,
+                                            tpl: int):
+    """Is a send_at given with a +05:30 offset reported back as the same moment in UTC?"""
+    contact = make_contact(session, world.rep, "utc@example.com")
+    session.commit()
+    r = _post(client, world, [{"day": 1, "type": "email", "send_option": "choose_at_launch",
+                               "template_id": tpl}])
+    cid = r.json["id"]
+    moment = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    local = moment.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    r = client.post(f"/api/campaigns/{cid}/launch", headers=world.auth(world.rep),
+                    json={"contact_ids": [contact.id], "send_at": local.isoformat()})
+    assert r.status_code == 201, r.json
+    assert r.json["start"] == moment.strftime("%Y-%m-%dT%H:%M:%SZ")

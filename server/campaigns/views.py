@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any, Literal
 
 from flask import Blueprint
@@ -315,7 +315,8 @@ def launch(campaign_id: int, body: LaunchIn) -> LaunchOut:
     assert result.start is not None
     return LaunchOut(enrolled=[Enrolled(enrollment_id=e, contact_id=c)
                                for e, c in result.enrolled],
-                     already_enrolled=result.already_enrolled, start=result.start,
+                     already_enrolled=result.already_enrolled,
+                     start=result.start.astimezone(UTC),
                      scheduled=result.scheduled)
 
 
@@ -335,7 +336,8 @@ def preview(campaign_id: int, query: PlanQuery) -> PlanOut:
     start = query.start_at or now
     planned = plan(service.step_specs(campaign.steps), service.settings_of(campaign), start,
                    send_at=query.send_at)
-    return plan_out(campaign, planned, query.send_at or start, enrollment_id=None,
+    return plan_out(campaign, planned, (query.send_at or start).astimezone(UTC),
+                    enrollment_id=None,
                     contact_id=query.contact_id)
 
 
