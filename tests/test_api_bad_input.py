@@ -318,3 +318,49 @@ def test_csv_with_broken_rows_stores_nothing(client: FlaskClient, session: Sessi
                     content_type="text/csv")
     assert list(_fields(r)) == ["line 3.email", "line 4", "line 5"]
     assert _snapshot(session) == before
+
+
+# -- out-of-range numbers and the order of checks ----------------------------------------------
+
+
+def test_integers_too_large_for_the_database_are_named(client: FlaskClient, session: Session,
+                                                       world: World, setup: dict[str, Any]):
+    """Are ids, days, pages and cursors too large for any column refused by field, not a 500?"""
+    h = world.auth(world.rep)
+    before = _snapshot(session)
+    huge = 10**20
+    r = client.post("/api/campaigns", headers=h, json={"name": "C", "steps": [
+        {"day": 1, "type": "email", "send_option": "task", "template_id": huge}]})
+    assert list(_fields(r)) == ["steps[0].template_id"]
+    r = client.post("/api/campaigns", headers=h, json={"name": "C", "steps": [
+        {"day": 3_000_000_000, "type": "call"}]})
+    assert _fields(r) == {"steps[0].day": "day must be 1000 or less (C1)"}
+    cid = _campaign(client, world, {"day": 1, "type": "call"})
+    before = _snapshot(session)
+    r = _launch(client, world, cid, contact_ids=[setup["ada"], huge])
+    assert list(_fields(r)) == ["contact_ids[1]"]
+    for path, field in ((f"/api/contacts?page={huge}", "page"),
+                        (f"/api/tasks?campaign_id={huge}", "campaign_id"),
+                        (f"/api/tasks?page={huge}", "page"),
+                        (f"/api/feed?after={huge}", "after")):
+        assert list(_fields(client.get(path, headers=h))) == [field], path
+    assert _snapshot(session) == before
+
+
+def test_ids_too_large_in_the_path_are_not_found(client: FlaskClient, world: World):
+    """Is an id in the URL beyond any stored id a 404 rather than a database error?"""
+    h = world.auth(world.rep)
+    for path in ("/api/contacts/99999999999999999999", "/api/campaigns/99999999999999999999",
+                 "/api/tasks/99999999999999999999", "/api/enrollments/99999999999999999999"):
+        assert client.get(path, headers=h).status_code == 404, path
+
+
+def test_authentication_is_checked_before_the_input(client: FlaskClient, world: World):
+    """Is a caller without a valid token told 401, not how their bad body is wrong?"""
+    r = client.post("/api/campaigns", data="{not json", content_type="application/json")
+    assert r.status_code == 401
+    r = client.post("/api/campaigns", json={"bogus": 1},
+                    headers={"Authorization": "Bearer rly_nope"})
+    assert r.status_code == 401
+    r = client.get("/api/contacts?page=zero")
+    assert r.status_code == 401

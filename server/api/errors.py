@@ -56,7 +56,8 @@ def invalid(errors: list[FieldError]) -> ApiError:
     return ApiError(422, "validation_failed", summary, errors)
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+def field_path(loc: tuple[Any, ...]) -> str:
+    """A field's name as errors show it: ``("steps", 0, "day")`` is ``steps[0].day``."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -74,7 +75,7 @@ def from_pydantic(exc: ValidationError, prefix: str = "") -> ApiError:
             return ApiError(400, "malformed_json",
                             f"the request body is not valid JSON: {err['msg']}")
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        name = _loc(loc)
+        name = field_path(loc)
         if prefix:
             name = f"{prefix}.{name}" if name != "body" else prefix
         msg = err["msg"]

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from server.api.errors import ApiError, from_pydantic
+from server.api.errors import ApiError, FieldError, field_path, from_pydantic, invalid
 
 
 class Model(BaseModel):
@@ -56,6 +56,40 @@ class Operation:
 
 
 OPERATIONS: list[Operation] = []
+
+#: The largest integer the API accepts anywhere (JavaScript's Number.MAX_SAFE_INTEGER): larger
+#: ones cannot be ids, pages or cursors, and would overflow the database's integer columns.
+MAX_INT = 2**53 - 1
+
+
+def _oversized(value: Any, loc: tuple[Any, ...]) -> list[FieldError]:
+    """A FieldError for every integer in a parsed model that is larger than MAX_INT."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        if abs(value) > MAX_INT:
+            return [FieldError(field_path(loc), f"must be between -{MAX_INT} and {MAX_INT}")]
+        return []
+    if isinstance(value, BaseModel):
+        return [e for name in type(value).model_fields
+                for e in _oversized(getattr(value, name), (*loc, name))]
+    if isinstance(value, list | tuple):
+        return [e for i, item in enumerate(value) for e in _oversized(item, (*loc, i))]
+    if isinstance(value, dict):
+        return [e for k, item in value.items() for e in _oversized(item, (*loc, str(k)))]
+    return []
+
+
+def _parse(model: type[BaseModel], parse: Callable[[], BaseModel]) -> BaseModel:
+    """Run a model's parser; answer its errors, and integers beyond MAX_INT, by field."""
+    try:
+        parsed = parse()
+    except ValidationError as exc:
+        raise from_pydantic(exc) from None
+    too_big = _oversized(parsed, ())
+    if too_big:
+        raise invalid(too_big)
+    return parsed
 
 
 def operation(
@@ -100,6 +134,14 @@ def operation(
 
         @functools.wraps(view)
         def wrapper(**path: Any) -> Any:
+            if auth:
+                # Who is asking comes first: a caller without a valid token learns nothing
+                # about the input rules or which objects exist.
+                from server.accounts.auth import api_user
+
+                api_user()
+            if any(isinstance(v, int) and v > MAX_INT for v in path.values()):
+                raise ApiError(404, "not_found", "no such object")
             kwargs: dict[str, Any] = dict(path)
             if body is not None:
                 raw = request.get_data() or b""
@@ -109,15 +151,10 @@ def operation(
                 elif request.mimetype != "application/json":
                     raise ApiError(415, "unsupported_media_type",
                                    "send the request body as application/json")
-                try:
-                    kwargs["body"] = body.model_validate_json(raw)
-                except ValidationError as exc:
-                    raise from_pydantic(exc) from None
+                kwargs["body"] = _parse(body, lambda: body.model_validate_json(raw))
             if query is not None:
-                try:
-                    kwargs["query"] = query.model_validate(request.args.to_dict())
-                except ValidationError as exc:
-                    raise from_pydantic(exc) from None
+                args = request.args.to_dict()
+                kwargs["query"] = _parse(query, lambda: query.model_validate(args))
             result = view(**kwargs)
             if isinstance(result, Response):
                 return result

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from server.campaigns.spec import SendOption, StepSpec, StepType
 
+#: The last day a step may have: about three years, far past any sales campaign, and small
+#: enough that every day's date exists and fits the database.
+MAX_DAY = 1000
+
 _FIRST_STEP_OPTIONS = frozenset({SendOption.CHOOSE_AT_LAUNCH, SendOption.AT_TIME, SendOption.TASK})
 _LATER_STEP_OPTIONS = frozenset({SendOption.SAME_AS_PREVIOUS, SendOption.AT_TIME, SendOption.TASK})
 
@@ -66,6 +70,8 @@ def _check_day(steps: Sequence[StepSpec], i: int) -> list[RuleError]:
     field = f"steps[{i}].day"
     if day < 1:
         return [_error(field, "day must be 1 or more", "C1")]
+    if day > MAX_DAY:
+        return [_error(field, f"day must be {MAX_DAY} or less", "C1")]
     if i > 0 and day < steps[i - 1].day:
         text = f"day {day} comes after day {steps[i - 1].day}; list steps in day order"
         return [_error(field, text, "C1")]
