@@ -26,12 +26,21 @@ class TickResult:
     started: int = 0
 
 
-def tick(app: Flask, now: datetime | None = None) -> TickResult:
-    """Do all work due at ``now`` (default: the current moment) and return what was done."""
+def tick(app: Flask, now: datetime | None = None, *, batch: int = 500) -> TickResult:
+    """Do all work due at ``now`` (default: the current moment) and return what was done.
+
+    Work is taken in batches of ``batch``, each committed on its own so that locks are short;
+    the pass goes on until a batch comes back short, so one pass leaves nothing due behind.
+    Running it again at the same moment does nothing (each person is started once).
+    """
     now = now or utcnow()
     result = TickResult()
-    with session_scope(app) as session:
-        result.started = start_due_enrollments(session, now)
+    while True:
+        with session_scope(app) as session:
+            started = start_due_enrollments(session, now, limit=batch)
+        result.started += started
+        if started < batch:
+            break
     if result.started:
         log.info("started %d people whose campaign start had come", result.started)
     return result

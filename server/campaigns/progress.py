@@ -92,9 +92,22 @@ def queue_rows(
 
 
 def _lock(session: Session, enrollment_id: int) -> Enrollment | None:
+    """Lock a person's enrollment and read it afresh.
+
+    ``populate_existing`` matters: sessions keep objects across commits
+    (``expire_on_commit=False``), so without it a row locked after another transaction changed
+    it would come back with the old status and a person could leave twice.
+    """
     return session.scalar(
         select(Enrollment).where(Enrollment.id == enrollment_id).with_for_update()
+        .execution_options(populate_existing=True)
     )
+
+
+def _lock_step(session: Session, enrollment_step_id: int) -> EnrollmentStep | None:
+    """Lock one of a person's step rows and read it afresh (see ``_lock``)."""
+    return session.get(EnrollmentStep, enrollment_step_id, with_for_update=True,
+                       populate_existing=True)
 
 
 def enrollment_plan(session: Session, enrollment: Enrollment,
@@ -105,7 +118,8 @@ def enrollment_plan(session: Session, enrollment: Enrollment,
     assert campaign is not None
     rows = list(session.scalars(select(EnrollmentStep)
                                 .where(EnrollmentStep.enrollment_id == enrollment.id)
-                                .order_by(EnrollmentStep.position)))
+                                .order_by(EnrollmentStep.position)
+                                .execution_options(populate_existing=True)))
     done = {r.position: r.done_at for r in rows if r.status in FINISHED_STEP and r.done_at}
     planned = plan(step_specs(campaign.steps), settings_of(campaign), enrollment.start_at,
                    send_at=enrollment.send_at, done=done)
@@ -164,13 +178,40 @@ def _set_status(enrollment: Enrollment, status: EnrollmentStatus, reason: str,
 def step_finished(session: Session, enrollment_step_id: int, status: StepStatus,
                   done_at: datetime, now: datetime) -> None:
     """Record that a person's active step was done or skipped, then move them on (T5)."""
-    row = session.get(EnrollmentStep, enrollment_step_id)
+    row = _lock_step(session, enrollment_step_id)
     if row is None or row.status is not StepStatus.ACTIVE:
         return
     row.status = status
     row.done_at = done_at
     session.flush()
     advance(session, row.enrollment_id, now)
+
+
+def send_finished(session: Session, send_id: int, now: datetime) -> bool:
+    """Move a person on once their automatic email has left (T5, T6, T7).
+
+    The dispatcher calls this in the transaction that marks the send ``sent`` (with its
+    ``sent_at``): the step is done at ``sent_at`` (which a later ``same_as_previous`` email
+    copies, T3), a ``send.sent`` event is recorded and the next step becomes active. Returns
+    False, changing nothing, when the send is not ``sent`` or its step was already moved on.
+    """
+    send = session.get(ScheduledSend, send_id, populate_existing=True)
+    if send is None or send.status is not SendStatus.SENT or send.enrollment_step_id is None:
+        return False
+    row = _lock_step(session, send.enrollment_step_id)
+    if row is None or row.status is not StepStatus.ACTIVE:
+        return False
+    sent_at = send.sent_at or now
+    contact = session.get(Contact, send.contact_id)
+    campaign = session.get(Campaign, send.campaign_id)
+    assert contact is not None and campaign is not None
+    record(session, org_id=send.org_id, owner_id=send.owner_id, kind=EventKind.SEND_SENT,
+           summary=f"Email to {contact_name(contact)} sent — {campaign.name}",
+           data={"send_id": send.id, "campaign_id": campaign.id,
+                 "enrollment_id": send.enrollment_id, "contact_id": contact.id,
+                 "sent_at": sent_at.isoformat()})
+    step_finished(session, row.id, StepStatus.DONE, sent_at, now)
+    return True
 
 
 def leave(session: Session, enrollment_id: int, status: EnrollmentStatus, reason: str,
