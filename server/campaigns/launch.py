@@ -131,11 +131,10 @@ def launch(session: Session, user: User, campaign: Campaign, contact_ids: Sequen
     enrollment_rows = [dict(org_id=user.org_id, campaign_id=campaign.id, contact_id=c,
                             owner_id=user.id, start_at=start, send_at=send_at, status=status,
                             created_at=now) for c in new_ids]
-    first_step = campaign.steps[0]
     later = campaign.steps[1:]
 
     def first_step_rows() -> list[dict[str, Any]]:
-        return [dict(enrollment_id=e, step_id=first_step.id, position=0, status=first_status,
+        return [dict(enrollment_id=e, position=0, status=first_status,
                      planned_at=planned[0].due_at) for e, _ in result.enrolled]
 
     def events() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -182,7 +181,7 @@ def launch(session: Session, user: User, campaign: Campaign, contact_ids: Sequen
         first_rows = list(session.execute(
             insert(EnrollmentStep).returning(EnrollmentStep.id, sort_by_parameter_order=True),
             first_step_rows()).scalars().all())
-        later_rows = [dict(enrollment_id=e, step_id=step.id, position=step.position,
+        later_rows = [dict(enrollment_id=e, position=step.position,
                            status=StepStatus.PENDING, planned_at=planned[step.position].due_at)
                       for e, _ in result.enrolled for step in later]
         if later_rows:
@@ -281,13 +280,13 @@ class _PgBulk:
         table = EnrollmentStep.__table__
         ts = table.c.planned_at.type.compile(dialect=self.dialect)
         self.conn.cursor().execute(
-            "INSERT INTO enrollment_step (enrollment_id, step_id, position, status, planned_at) "
-            "SELECT e.id, s.step_id, s.position, %s, s.planned_at "
+            "INSERT INTO enrollment_step (enrollment_id, position, status, planned_at) "
+            "SELECT e.id, s.position, %s, s.planned_at "
             "FROM unnest(%s::INTEGER[]) WITH ORDINALITY AS e(id, n) "
-            f"CROSS JOIN unnest(%s::INTEGER[], %s::INTEGER[], %s::{ts}[]) "
-            "AS s(step_id, position, planned_at) ORDER BY e.n, s.position",
+            f"CROSS JOIN unnest(%s::INTEGER[], %s::{ts}[]) "
+            "AS s(position, planned_at) ORDER BY e.n, s.position",
             (self._process(table.c.status, [StepStatus.PENDING])[0], enrollments,
-             [s.id for s in steps], [s.position for s in steps],
+             [s.position for s in steps],
              self._process(table.c.planned_at, planned_at)))
 
     def copy(self, table: Table, rows: list[dict[str, Any]], ids: list[int] | None) -> None:

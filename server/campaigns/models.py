@@ -147,14 +147,18 @@ class Enrollment(Base):
 
 
 class EnrollmentStep(Base):
-    """A person's copy of a step: its planned moment and where it stands."""
+    """A person's copy of a step: its planned moment and where it stands.
+
+    The step is the campaign's step at the same ``position`` (steps cannot change once anyone
+    is in the campaign), so no foreign key to ``campaign_step`` is kept: that check cost a
+    third of a 10,000-person launch on PostgreSQL.
+    """
 
     __tablename__ = "enrollment_step"
     __table_args__ = (UniqueConstraint("enrollment_id", "position", name="uq_enrollment_step"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollment.id", ondelete="CASCADE"))
-    step_id: Mapped[int] = mapped_column(ForeignKey("campaign_step.id", ondelete="CASCADE"))
     position: Mapped[int]
     status: Mapped[StepStatus] = mapped_column(enum_column(StepStatus))
     planned_at: Mapped[datetime]

@@ -60,8 +60,8 @@ INSERT INTO enrollment (id, org_id, campaign_id, contact_id, owner_id, start_at,
 SELECT g, 1, (g - 1) / :per_rep + 1, g, (g - 1) / :per_rep + 1, now() - interval '3 days',
        'active', now()
 FROM generate_series(1, :reps * :per_rep) g;
-INSERT INTO enrollment_step (id, enrollment_id, step_id, position, status, planned_at, done_at)
-SELECT (e - 1) * :steps + p + 1, e, ((e - 1) / :per_rep) * :steps + p + 1, p,
+INSERT INTO enrollment_step (id, enrollment_id, position, status, planned_at, done_at)
+SELECT (e - 1) * :steps + p + 1, e, p,
        CASE WHEN p = 0 THEN 'active' ELSE 'done' END,
        now() - interval '3 days' + p * interval '1 day',
        CASE WHEN p = 0 THEN NULL ELSE now() - interval '1 day' END

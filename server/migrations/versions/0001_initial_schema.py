@@ -175,14 +175,12 @@ def upgrade() -> None:
     op.create_table('enrollment_step',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('enrollment_id', sa.Integer(), nullable=False),
-    sa.Column('step_id', sa.Integer(), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('status', sa.Enum('pending', 'active', 'done', 'skipped', 'cancelled', name='stepstatus', native_enum=False, length=24), nullable=False),
     sa.Column('planned_at', server.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('done_at', server.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('note', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['enrollment_id'], ['enrollment.id'], name=op.f('fk_enrollment_step_enrollment_id_enrollment'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['step_id'], ['campaign_step.id'], name=op.f('fk_enrollment_step_step_id_campaign_step'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_enrollment_step')),
     sa.UniqueConstraint('enrollment_id', 'position', name='uq_enrollment_step')
     )
