@@ -128,6 +128,24 @@ def _finish(session: Session, user: User, task_id: int, status: TaskStatus,
     raise Conflict(f"the task is already {current.value}")
 
 
+def _close(session: Session, user: User, task_id: int, status: TaskStatus,
+           values: dict[str, Any], done_at: datetime, now: datetime,
+           event: tuple[EventKind, str, dict[str, Any]]) -> bool:
+    """Finish an open task once: record the feed event and move the person on (T5)."""
+    if not _finish(session, user, task_id, status, values, now):
+        return False
+    task = session.get(Task, task_id)
+    assert task is not None
+    kind, verb, extra = event
+    record(session, org_id=task.org_id, owner_id=task.owner_id, kind=kind,
+           summary=f"{verb}: {task.title}",
+           data={"task_id": task.id, "campaign_id": task.campaign_id,
+                 "contact_id": task.contact_id, **extra})
+    step_status = StepStatus.DONE if status is TaskStatus.DONE else StepStatus.SKIPPED
+    step_finished(session, task.enrollment_step_id, step_status, done_at, now)
+    return True
+
+
 def complete_task(session: Session, user: User, task_id: int, *, now: datetime,
                   sent_at: datetime | None = None, message_id: str | None = None,
                   via: CompletedVia = CompletedVia.WEB) -> bool:
@@ -136,30 +154,14 @@ def complete_task(session: Session, user: User, task_id: int, *, now: datetime,
     For an email task, ``sent_at`` is when the rep really sent it: a later
     ``same_as_previous`` email takes its time of day from it (T3).
     """
-    done_at = sent_at or now
-    if not _finish(session, user, task_id, TaskStatus.DONE,
-                   {"sent_at": sent_at, "message_id": message_id, "via": via}, now):
-        return False
-    task = session.get(Task, task_id)
-    assert task is not None
-    record(session, org_id=task.org_id, owner_id=task.owner_id, kind=EventKind.TASK_COMPLETED,
-           summary=f"Done: {task.title}",
-           data={"task_id": task.id, "campaign_id": task.campaign_id,
-                 "contact_id": task.contact_id, "via": via.value,
-                 "sent_at": sent_at.isoformat() if sent_at else None})
-    step_finished(session, task.enrollment_step_id, StepStatus.DONE, done_at, now)
-    return True
+    return _close(session, user, task_id, TaskStatus.DONE,
+                  {"sent_at": sent_at, "message_id": message_id, "via": via},
+                  sent_at or now, now,
+                  (EventKind.TASK_COMPLETED, "Done",
+                   {"via": via.value, "sent_at": sent_at.isoformat() if sent_at else None}))
 
 
 def skip_task(session: Session, user: User, task_id: int, *, now: datetime) -> bool:
     """Skip a task and advance the person's campaign (T5). Skipping twice is harmless."""
-    if not _finish(session, user, task_id, TaskStatus.SKIPPED, {}, now):
-        return False
-    task = session.get(Task, task_id)
-    assert task is not None
-    record(session, org_id=task.org_id, owner_id=task.owner_id, kind=EventKind.TASK_SKIPPED,
-           summary=f"Skipped: {task.title}",
-           data={"task_id": task.id, "campaign_id": task.campaign_id,
-                 "contact_id": task.contact_id})
-    step_finished(session, task.enrollment_step_id, StepStatus.SKIPPED, now, now)
-    return True
+    return _close(session, user, task_id, TaskStatus.SKIPPED, {}, now, now,
+                  (EventKind.TASK_SKIPPED, "Skipped", {}))
