@@ -50,6 +50,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if hasattr(module, "enrollments_bp"):
             app.register_blueprint(module.enrollments_bp)
 
+    from server.web import campaigns as campaign_pages
+    from server.web import templates_pages
+
+    app.register_blueprint(campaign_pages.bp)
+    app.register_blueprint(templates_pages.bp)
+
     @app.get("/openapi.json")
     def openapi() -> Any:
         """The OpenAPI 3.1 document of every /api endpoint."""
