@@ -1,0 +1,179 @@
+"""The prefill endpoint of email tasks, and an authenticated ping (the benchmark's baseline)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+from pydantic import Field
+
+from server.accounts.auth import api_user
+from server.accounts.service import TOKEN_PREFIX, hash_token
+from server.api.errors import not_found
+from server.api.operations import OPERATIONS, Out, operation
+from server.campaigns.spec import StepType
+from server.compose.prefill import prefill_for_task, prefill_for_token, token_caller
+from server.db import get_session
+
+bp = Blueprint("prefill", __name__, url_prefix="/api")
+
+
+class PrefillCampaign(Out):
+    """The campaign that made the task."""
+
+    id: int
+    name: str
+
+
+class PrefillTask(Out):
+    """The email task being prefilled."""
+
+    id: int
+    type: StepType
+    campaign: PrefillCampaign
+    day: int
+    step: int = Field(description="the step's number within its day")
+    due_at: datetime
+
+
+class Recipient(Out):
+    """One address of To, Cc or Bcc."""
+
+    email: str
+    name: str = Field(description="display name; empty when the contact has no name")
+
+
+class Blocked(Out):
+    """Why the email cannot be sent (E5): the fields with no value and no default."""
+
+    fields: list[str]
+
+
+class Thread(Out):
+    """Mailbox thread of the previous email, when it was sent through a connected mailbox."""
+
+    gmail_thread_id: str | None
+    outlook_conversation_id: str | None
+
+
+class FollowUp(Out):
+    """A follow-up's quoted previous email (E2) and threading headers (E3)."""
+
+    quoted_html: str = Field(description="the previous step's template rendered for the "
+                                         "contact, quoted; already appended to html")
+    quoted_text: str = Field(description="the same, as '> ' quoted plain text")
+    in_reply_to: str | None = Field(description="Message-ID of the previous email, if known")
+    references: str | None
+    thread: Thread
+
+
+class Links(Out):
+    """Deep links with the plain-text body; null when longer than 2,000 characters."""
+
+    gmail: str | None
+    outlook_web: str | None
+    mailto: str | None
+    truncated: bool = Field(description="true when a link was left out for its length")
+
+
+class PrefillOut(Out):
+    """What a compose window fills in for an email task."""
+
+    task: PrefillTask
+    to: list[Recipient]
+    cc: list[Recipient]
+    bcc: list[Recipient]
+    subject: str
+    html: str
+    text: str
+    prompts: list[str] = Field(description="field prompts (E6) to replace before sending")
+    blocked: Blocked | None
+    follow_up: FollowUp | None
+    links: Links
+    etag: str = Field(description="the ETag header's value, without its quotes")
+
+
+class Ping(Out):
+    """The caller is authenticated."""
+
+    ok: bool
+    user_id: int
+
+
+def _bearer_hash() -> str | None:
+    """The hash of the request's Relay API token, when it sends one that is well formed.
+
+    These two endpoints look the token up inside their own query (DESIGN.md: hot read paths
+    do authentication, ownership and the data join in one query). Anything else (a session
+    cookie, a malformed or unknown token) goes through ``api_user``, which accepts the cookie
+    or answers the usual 401.
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+        return None
+    return hash_token(token)
+
+
+def _authenticates_itself(view: Any) -> Any:
+    """Document an operation registered with ``auth=False`` as authenticated (Bearer, 401).
+
+    The view authenticates in its own query instead of the operation table's ``api_user``
+    call, which would cost a second query (and an ORM load) per request.
+    """
+    endpoint = f"{bp.name}.{view.__name__}"
+    for i, op in enumerate(OPERATIONS):
+        if op.endpoint == endpoint:
+            OPERATIONS[i] = dataclasses.replace(op, auth=True)
+    return view
+
+
+@_authenticates_itself
+@operation(bp, "/tasks/<int:task_id>/prefill", "GET", response=PrefillOut, auth=False)
+def prefill(task_id: int) -> Response:
+    """The prefill document of one of the caller's email tasks.
+
+    Another rep's task is a 404; a call, InMail or custom task is a 409 (it has no email).
+    The response carries a strong ``ETag``; a request whose ``If-None-Match`` names it gets
+    an empty 304.
+    """
+    session = get_session()
+    token_hash = _bearer_hash()
+    if token_hash is not None:
+        doc = prefill_for_token(session, token_hash, task_id)
+        if doc is None:
+            api_user()  # an unknown token is a 401; a known one reaches the 404 below
+    else:
+        doc = prefill_for_task(session, api_user(), task_id)
+    # A read ends in COMMIT, not the session's default ROLLBACK, which would make psycopg
+    # forget its prepared statements (DESIGN.md, performance notes).
+    session.commit()
+    if doc is None:
+        raise not_found("task")
+    etag = doc["etag"]
+    if request.if_none_match.contains_weak(etag):
+        resp = current_app.response_class(status=304)
+    else:
+        resp = current_app.json.response(doc)
+    resp.set_etag(etag)
+    resp.headers["Cache-Control"] = "private, no-cache"
+    return resp
+
+
+@_authenticates_itself
+@operation(bp, "/ping", "GET", response=Ping, auth=False)
+def ping() -> Ping:
+    """Who the caller is: the cheapest authenticated request (the prefill benchmark's baseline).
+
+    It authenticates exactly as the prefill endpoint does (the token looked up in one query,
+    the request ended with a commit), so the two compare fairly.
+    """
+    session = get_session()
+    token_hash = _bearer_hash()
+    user_id = token_caller(session, token_hash) if token_hash is not None else None
+    if user_id is None:
+        user_id = api_user().id
+    session.commit()
+    return Ping(ok=True, user_id=user_id)
