@@ -17,6 +17,7 @@ from server.campaigns.models import Campaign, CampaignStatus, CampaignStep, Enro
 from server.campaigns.rules import validate_steps
 from server.campaigns.spec import CampaignSettings, SendOption, StepSpec, StepType
 from server.compose.models import Template
+from server.compose.render import template_prompts
 from server.errors import Conflict, Forbidden, Invalid
 
 SETTING_FIELDS = ("timezone", "skip_weekends", "late_task_policy", "on_reply", "on_bounce")
@@ -76,8 +77,9 @@ def check_campaign(session: Session, user: User, settings: dict[str, Any],
     errors.extend(FieldError(e.field, e.message, e.rule) for e in validate_steps(step_specs(steps)))
     bad_fields = {e.field for e in errors}
     wanted = {s.template_id for s in steps if s.template_id is not None}
-    known = set(session.scalars(select(Template.id).where(
-        Template.id.in_(wanted), Template.org_id == user.org_id))) if wanted else set()
+    known = {row.id: row for row in session.execute(
+        select(Template.id, Template.name, Template.subject, Template.body_html).where(
+            Template.id.in_(wanted), Template.org_id == user.org_id))} if wanted else {}
     for i, s in enumerate(steps):
         name = f"steps[{i}].template_id"
         if name in bad_fields:
@@ -88,7 +90,24 @@ def check_campaign(session: Session, user: User, settings: dict[str, Any],
             errors.append(FieldError(name, f"a {s.type.value} step has no template (C1)", "C1"))
         elif s.template_id is not None and s.template_id not in known:
             errors.append(FieldError(name, f"unknown template {s.template_id}"))
+        elif (s.template_id is not None and s.send_option is not None
+              and s.send_option is not SendOption.TASK):
+            prompt = _first_prompt(known[s.template_id])
+            if prompt is not None:
+                errors.append(FieldError(
+                    name, f'template "{known[s.template_id].name}" has a field prompt '
+                          f"({prompt}), which only an email task can have (E6)", "E6"))
     return errors
+
+
+def _first_prompt(template: Any) -> str | None:
+    """The first field prompt ``{{! …}}`` of a template's subject or body, as written."""
+    for source in (template.subject, template.body_html):
+        prompts = template_prompts(source or "")
+        if prompts:
+            text = prompts[0] if len(prompts[0]) <= 60 else prompts[0][:57] + "..."
+            return "{{! " + text + "}}"
+    return None
 
 
 def _apply_steps(session: Session, campaign: Campaign, steps: Sequence[StepInput]) -> None:

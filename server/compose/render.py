@@ -250,7 +250,7 @@ def _expr_problem(node: nodes.Node, allowed: frozenset[str] | None = None
         while isinstance(node.node, nodes.Getattr | nodes.Getitem):  # type: ignore[attr-defined]
             node = node.node  # type: ignore[attr-defined]
         if isinstance(node, nodes.Getattr):
-            return _ONLY + "attribute access", "." + node.attr
+            return _ONLY + "attribute access", f".{node.attr}"
         return _ONLY + "item access", "["
     if isinstance(node, nodes.Call):
         return _ONLY + "a function call", "("
