@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
-from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 from pydantic import Field
@@ -12,7 +10,7 @@ from pydantic import Field
 from server.accounts.auth import api_user
 from server.accounts.service import TOKEN_PREFIX, hash_token
 from server.api.errors import not_found
-from server.api.operations import OPERATIONS, Out, operation
+from server.api.operations import Out, operation
 from server.campaigns.spec import StepType
 from server.compose.prefill import prefill_for_task, prefill_for_token, token_caller
 from server.db import get_session
@@ -117,21 +115,7 @@ def _bearer_hash() -> str | None:
     return hash_token(token)
 
 
-def _authenticates_itself(view: Any) -> Any:
-    """Document an operation registered with ``auth=False`` as authenticated (Bearer, 401).
-
-    The view authenticates in its own query instead of the operation table's ``api_user``
-    call, which would cost a second query (and an ORM load) per request.
-    """
-    endpoint = f"{bp.name}.{view.__name__}"
-    for i, op in enumerate(OPERATIONS):
-        if op.endpoint == endpoint:
-            OPERATIONS[i] = dataclasses.replace(op, auth=True)
-    return view
-
-
-@_authenticates_itself
-@operation(bp, "/tasks/<int:task_id>/prefill", "GET", response=PrefillOut, auth=False)
+@operation(bp, "/tasks/<int:task_id>/prefill", "GET", response=PrefillOut, auth_in_view=True)
 def prefill(task_id: int) -> Response:
     """The prefill document of one of the caller's email tasks.
 
@@ -162,8 +146,7 @@ def prefill(task_id: int) -> Response:
     return resp
 
 
-@_authenticates_itself
-@operation(bp, "/ping", "GET", response=Ping, auth=False)
+@operation(bp, "/ping", "GET", response=Ping, auth_in_view=True)
 def ping() -> Ping:
     """Who the caller is: the cheapest authenticated request (the prefill benchmark's baseline).
 
