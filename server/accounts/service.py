@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, update
@@ -100,11 +100,18 @@ def user_for_token(session: Session, token: str) -> User | None:
     if row is None:
         return None
     user, token_id, last_used = row
-    now = utcnow()
-    # Write at most every few minutes: a write per request would serialise readers on SQLite.
+    touch_token(session, token_id, last_used, utcnow())
+    return user
+
+
+def touch_token(session: Session, token_id: int, last_used: datetime | None,
+                now: datetime) -> None:
+    """Record that a token was used, writing at most every few minutes.
+
+    A write per request would serialise readers on SQLite; every token lookup calls this.
+    """
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
-    return user
 
 
 def authenticate(session: Session, email: str, password: str) -> User | None:

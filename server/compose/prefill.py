@@ -21,11 +21,11 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, String, and_, bindparam, cast, select, update
+from sqlalchemy import Row, String, and_, bindparam, cast, select
 from sqlalchemy.orm import Session, aliased
 
 from server.accounts.models import ApiToken, User
-from server.accounts.service import LAST_USED_RESOLUTION
+from server.accounts.service import touch_token
 from server.campaigns.models import Campaign, CampaignStep, EnrollmentStep, StepStatus
 from server.campaigns.spec import StepType
 from server.compose.links import compose_links, no_links
@@ -327,19 +327,12 @@ def _token_query() -> Any:
             .where(ApiToken.token_hash == bindparam("token_hash")))
 
 
-def _touch_token(session: Session, row: Row[Any], now: datetime) -> None:
-    """Record when a token was used, at most every few minutes (as ``user_for_token`` does)."""
-    if row.token_used_at is None or now - row.token_used_at > LAST_USED_RESOLUTION:
-        session.execute(update(ApiToken).where(ApiToken.id == row.token_id)
-                        .values(last_used_at=now))
-
-
 def token_caller(session: Session, token_hash: str) -> int | None:
     """The id of the user whose API token hashes to ``token_hash``, or None (one query)."""
     row = session.connection().execute(_token_query(), {"token_hash": token_hash}).first()
     if row is None:
         return None
-    _touch_token(session, row, utcnow())
+    touch_token(session, row.token_id, row.token_used_at, utcnow())
     return int(row.user_id)
 
 
@@ -425,6 +418,6 @@ def prefill_for_token(session: Session, token_hash: str, task_id: int,
         _prefill_query(True), {"task_id": task_id, "token_hash": token_hash}).first()
     if row is None:
         return None
-    _touch_token(session, row, utcnow())
+    touch_token(session, row.token_id, row.token_used_at, utcnow())
     sender = {"name": row.user_name, "title": row.user_title, "email": row.user_email}
     return _document(row, row.user_id, sender, row.user_timezone, now)
