@@ -37,7 +37,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
 
     from server.campaigns import views as campaign_views
-    from server.compose import prefill_views
+    from server.compose import outbox_views, prefill_views
     from server.compose import views as template_views
     from server.contacts import views as contact_views
     from server.feed import views as feed_views
@@ -47,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for module in (contact_views, template_views, campaign_views, task_views, feed_views,
                    web_views, prefill_views):
         app.register_blueprint(module.bp)
+    app.register_blueprint(outbox_views.bp)
     for module in (campaign_views,):
         if hasattr(module, "enrollments_bp"):
             app.register_blueprint(module.enrollments_bp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from zoneinfo import ZoneInfo
 
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
@@ -102,3 +103,123 @@ def test_user_without_password_cannot_sign_in(client: FlaskClient, session: Sess
     make_user(session, world.org, "nopw@a.test", password=None)
     session.commit()
     assert _sign_in(client, "nopw@a.test", "").status_code == 401
+
+
+# -- the web session on the JSON API (the Live Feed's EventSource) ----------------------------
+
+
+def _email_task(session: Session, world: World, now, *, email: str = "grace@example.com"):
+    """An open email task of the signed-in rep, due at ``now``."""
+    from server.campaigns.launch import launch
+    from server.campaigns.spec import SendOption
+    from server.tasks.models import Task
+    from tests.conftest import email_step, make_campaign, make_template
+
+    tpl = make_template(session, world.rep)
+    campaign = make_campaign(session, world.rep, [email_step(1, SendOption.TASK, tpl)],
+                             name="Emails")
+    contact = make_contact(session, world.rep, email, first_name="Grace")
+    launch(session, world.rep, campaign, [contact.id], now=now)
+    session.commit()
+    return session.query(Task).filter_by(contact_id=contact.id).one()
+
+
+def test_signed_in_browser_may_read_the_api_and_the_feed_stream(client: FlaskClient,
+                                                                world: World):
+    """Can a signed-in browser GET the API and the SSE stream with its cookie alone?"""
+    assert client.get("/api/tasks").status_code == 401
+    assert _sign_in(client, "rep@a.test", "secret-pw").status_code == 302
+    assert client.get("/api/tasks").status_code == 200
+    r = client.get("/api/feed/stream")
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    assert b"connected" in r.get_data()
+
+
+def test_cookie_alone_cannot_change_state(client: FlaskClient, session: Session, world: World):
+    """Is a cross-site style POST (cookie, no X-CSRF-Token) refused, and the header accepted?"""
+    from server.db import utcnow
+
+    task = _email_task(session, world, utcnow())
+    assert _sign_in(client, "rep@a.test", "secret-pw").status_code == 302
+    url = f"/api/tasks/{task.id}/skip"
+    r = client.post(url, json={})
+    assert r.status_code == 403 and r.json["error"] == "csrf_failed"
+    assert client.post(url, json={}, headers={"X-CSRF-Token": "forged"}).status_code == 403
+    r = client.post(f"/api/tasks/{task.id}/schedule", json={"subject": "Hi", "html": "<p>x</p>"})
+    assert r.status_code == 403
+    token = _csrf(client, "/")
+    r = client.post(url, json={}, headers={"X-CSRF-Token": token})
+    assert r.status_code == 200 and r.json["task"]["status"] == "skipped"
+
+
+def test_bearer_token_still_needs_no_csrf_header(client: FlaskClient, world: World):
+    """Does an API token keep working for unsafe methods without any CSRF header?"""
+    r = client.post("/api/templates", headers=world.auth(world.rep), json={"name": "T"})
+    assert r.status_code == 201
+
+
+def test_no_credentials_is_401_not_403(client: FlaskClient, world: World):
+    """Without a session or a token, is an unsafe API call a 401 (not a CSRF 403)?"""
+    assert client.post("/api/templates", json={"name": "T"}).status_code == 401
+
+
+# -- the Command Center -----------------------------------------------------------------------
+
+
+def test_command_center_tabs(client: FlaskClient, session: Session, world: World):
+    """Do the Tasks, Scheduled and Failed tabs list the right rows in the rep's time zone?"""
+    from datetime import timedelta
+
+    from server.compose import outbox
+    from server.db import utcnow
+    from server.mail.models import ScheduledSend, SendStatus
+
+    now = utcnow()
+    task = _email_task(session, world, now)
+    later = _email_task(session, world, now + timedelta(days=3), email="later@example.com")
+    send_at = (now + timedelta(days=1)).replace(hour=8, minute=30, second=0, microsecond=0)
+    outbox.schedule_task_email(session, world.rep, task.id, subject="Hello Grace",
+                               html="<p>Hi</p>", send_at=send_at, now=now)
+    session.add(ScheduledSend(org_id=world.org.id, owner_id=world.rep.id,
+                              contact_id=later.contact_id, to_email="later@example.com",
+                              subject="Broken one", status=SendStatus.FAILED, due_at=now,
+                              reason="failed: missing field phone"))
+    session.commit()
+    assert _sign_in(client, "rep@a.test", "secret-pw").status_code == 302
+
+    text = client.get("/").get_data(as_text=True)
+    assert "Command Center" in text and f'/tasks/{task.id}/compose' in text
+    assert "Overdue" in text and "Tomorrow" in text and "Next 7 days" in text
+    assert 'aria-current="page">Tasks' in text
+    assert "Scheduled · " in text  # the badge on the task whose email waits in the outbox
+    assert f'/tasks/{later.id}/compose' in text
+
+    text = client.get("/?tab=scheduled").get_data(as_text=True)
+    local = send_at.astimezone(ZoneInfo("Europe/Paris")).strftime("%a %d %b %H:%M")
+    assert "Hello Grace" in text and local in text and "grace@example.com" in text
+    assert "mailbox is not connected" in text
+    assert "Broken one" not in text
+
+    text = client.get("/?tab=failed").get_data(as_text=True)
+    assert "Broken one" in text and "failed: missing field phone" in text
+    assert "Hello Grace" not in text
+
+    text = client.get("/?tab=tasks&type=call").get_data(as_text=True)
+    assert f'/tasks/{task.id}/compose' not in text
+    assert client.get("/?tab=nonsense").status_code == 200
+
+
+def test_command_center_live_feed_panel(client: FlaskClient, session: Session, world: World):
+    """Does the Live Feed panel show recent events and point its EventSource at the stream?"""
+    from server.db import utcnow
+
+    _email_task(session, world, utcnow())
+    assert _sign_in(client, "rep@a.test", "secret-pw").status_code == 302
+    text = client.get("/").get_data(as_text=True)
+    assert "Live Feed" in text and "New task: " in text
+    match = re.search(r'data-src="([^"]+)"', text)
+    assert match and match.group(1).startswith("/api/feed/stream?after=")
+    assert "feed.js" in text
+    for asset in ("feed.js", "compose.js", "web.css"):
+        with client.get(f"/web-static/{asset}") as r:
+            assert r.status_code == 200

@@ -1,20 +1,23 @@
-"""Web pages: sign-in, sign-out and the rep's start page."""
+"""Web pages: the blueprint, sign-in and sign-out.
+
+The Command Center and the compose window live in ``command_center`` and ``compose`` and
+register their routes on this blueprint.
+"""
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
-from server.accounts.auth import web_user
+from server.accounts.auth import csrf_token, csrf_valid, web_user
+from server.accounts.models import User
 from server.accounts.service import authenticate
-from server.db import get_session, utcnow
-from server.tasks.service import Due, TaskFilter, list_tasks
+from server.db import get_session
 
-bp = Blueprint("web", __name__)
+bp = Blueprint("web", __name__, static_folder="static", static_url_path="/web-static")
 
 
 @bp.app_template_filter("localtime")
@@ -23,26 +26,20 @@ def localtime(value: datetime, tz: str) -> str:
     return value.astimezone(ZoneInfo(tz)).strftime("%a %d %b %H:%M")
 
 
-def _csrf_token() -> str:
-    token = session.get("csrf")
-    if not token:
-        token = session["csrf"] = secrets.token_urlsafe(24)
-    return token
+def require_csrf() -> None:
+    """Refuse a form post that does not carry the page's CSRF token (400)."""
+    if not csrf_valid(request.form.get("csrf")):
+        abort(400, "the form expired; reload the page")
 
 
-@bp.get("/")
-def home() -> Any:
-    """The signed-in rep's start page: today's and overdue tasks; else the sign-in page."""
-    user = web_user()
-    if user is None:
-        return redirect(url_for("web.sign_in"))
-    db = get_session()
-    now = utcnow()
-    overdue, n_overdue = list_tasks(db, user, TaskFilter(due=Due.OVERDUE, per_page=20), now)
-    today, n_today = list_tasks(db, user, TaskFilter(due=Due.TODAY, per_page=50), now)
-    db.commit()
-    return render_template("web/home.html", user=user, overdue=overdue, n_overdue=n_overdue,
-                           today=today, n_today=n_today, csrf=_csrf_token())
+def page(template: str, user: User | None, status: int = 200, **context: Any) -> Any:
+    """Render a page with what every page needs (the user and the CSRF token)."""
+    return render_template(template, user=user, csrf=csrf_token(), **context), status
+
+
+def signed_in() -> User | None:
+    """The signed-in rep (None: the caller redirects to the sign-in page)."""
+    return web_user()
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
@@ -50,8 +47,7 @@ def sign_in() -> Any:
     """Sign in with email and password."""
     error = None
     if request.method == "POST":
-        if request.form.get("csrf") != session.get("csrf"):
-            abort(400, "the form expired; reload the page")
+        require_csrf()
         user = authenticate(get_session(), request.form.get("email", ""),
                             request.form.get("password", ""))
         if user is not None:
@@ -59,14 +55,17 @@ def sign_in() -> Any:
             session["user_id"] = user.id
             return redirect(url_for("web.home"))
         error = "That email and password do not match an account."
-    return render_template("web/sign_in.html", error=error, csrf=_csrf_token(),
+    return render_template("web/sign_in.html", error=error, csrf=csrf_token(),
                            email=request.form.get("email", "")), (401 if error else 200)
 
 
 @bp.post("/sign-out")
 def sign_out() -> Any:
     """Sign out."""
-    if request.form.get("csrf") != session.get("csrf"):
-        abort(400, "the form expired; reload the page")
+    require_csrf()
     session.clear()
     return redirect(url_for("web.sign_in"))
+
+
+# The page modules add their routes to ``bp``; importing them here wires them up.
+from server.web import command_center, compose  # noqa: E402, F401
