@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -16,6 +16,7 @@ from server.campaigns.launch import launch
 from server.campaigns.spec import SendOption
 from server.compose.models import Template
 from server.db import utcnow
+from server.feed.models import EventKind, FeedEvent
 from server.mail.models import ScheduledSend, SendStatus
 from server.tasks.models import CompletedVia, Task, TaskStatus
 from tests.conftest import World, email_step, make_campaign, make_contact, task_step
@@ -122,6 +123,9 @@ def test_schedule_is_read_in_the_reps_time_zone(client: FlaskClient, session: Se
     assert r.status_code == 302
     [send] = sends(session)
     assert send.due_at == datetime(day.year, day.month, day.day, 9, 30, tzinfo=PARIS)
+    summary = session.scalars(select(FeedEvent.summary).where(
+        FeedEvent.kind == EventKind.SEND_SCHEDULED)).one()
+    assert f"{send.due_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC" in summary
     # The page now opens with the rep's edits and the scheduled moment, and rescheduling
     # replaces the same row.
     text = client.get(f"/tasks/{task.id}/compose").get_data(as_text=True)

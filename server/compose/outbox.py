@@ -8,7 +8,7 @@ one live send: scheduling again replaces the unclaimed row instead of adding a s
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, func, select
@@ -120,7 +120,7 @@ def schedule_task_email(session: Session, user: User, task_id: int, *, subject: 
     # The plain-text part is derived from the HTML unless the rep wrote their own.
     plain = html_to_text(clean) if text is None or not text.strip() else text
     _validate(task, contact, subject=subject, html=clean, text=plain, send_at=send_at, now=now)
-    send_at = max(send_at, now)
+    send_at = max(send_at, now).astimezone(UTC)
     existing = session.scalars(
         select(ScheduledSend).where(ScheduledSend.task_id == task.id,
                                     ScheduledSend.status.in_(ACTIVE))
