@@ -263,3 +263,32 @@ def test_sanitiser_keeps_safe_links_only():
     assert 'href="https://a.example"' in out and 'href="mailto:x@y.z"' in out
     assert "javascript" not in out and "data:" not in out
 
+
+
+def test_api_complete_withdraws_the_waiting_send(client: FlaskClient, session: Session,
+                                                 world: World, now: datetime):
+    """Does completing a task through the API (as the add-ins do) cancel its unclaimed send?"""
+    task = make_task(session, world.rep, now)
+    send = schedule(session, world.rep, task, now, send_at=now + timedelta(days=1))
+    session.commit()
+    r = client.post(f"/api/tasks/{task.id}/complete", headers=world.auth(world.rep),
+                    json={"via": "gmail"})
+    assert r.status_code == 200, r.json
+    session.commit()
+    session.expire_all()
+    stored = session.get(ScheduledSend, send.id)
+    assert stored.status is SendStatus.CANCELLED
+    assert stored.reason == "cancelled: marked as sent by hand"
+
+
+def test_api_complete_refuses_while_the_send_is_leaving(client: FlaskClient, session: Session,
+                                                        world: World, now: datetime):
+    """Is a task whose email the sender has claimed left open (409) rather than closed?"""
+    task = make_task(session, world.rep, now)
+    send = schedule(session, world.rep, task, now)
+    send.status = SendStatus.CLAIMED
+    session.commit()
+    r = client.post(f"/api/tasks/{task.id}/skip", headers=world.auth(world.rep))
+    assert r.status_code == 409, r.json
+    session.expire_all()
+    assert session.get(Task, task.id).status is TaskStatus.OPEN

@@ -131,7 +131,19 @@ def _finish(session: Session, user: User, task_id: int, status: TaskStatus,
 def _close(session: Session, user: User, task_id: int, status: TaskStatus,
            values: dict[str, Any], done_at: datetime, now: datetime,
            event: tuple[EventKind, str, dict[str, Any]]) -> bool:
-    """Finish an open task once: record the feed event and move the person on (T5)."""
+    """Finish an open task once: record the feed event and move the person on (T5).
+
+    Any unclaimed email of the task still waiting in the outbox is withdrawn first, whoever
+    closes the task (web, add-ins, API): the rep sent it by hand or skipped it, so it must
+    not go out as well. One the sender has already claimed is a Conflict.
+    """
+    from server.compose.outbox import TaskNotFound, cancel_task_send
+
+    verb = "marked as sent by hand" if status is TaskStatus.DONE else "task skipped"
+    try:
+        cancel_task_send(session, user, task_id, reason=verb, now=now)
+    except TaskNotFound:
+        return False
     if not _finish(session, user, task_id, status, values, now):
         return False
     task = session.get(Task, task_id)

@@ -47,11 +47,9 @@ def _close_task(user: User, task_id: int, action: str, now: datetime) -> str:
     """Mark the task as sent or skip it, withdrawing any email of it still in the outbox."""
     session = get_session()
     if action == "mark_sent":
-        # The rep sent it by hand: an unclaimed send of the same email must not go out too.
-        outbox.cancel_task_send(session, user, task_id, reason="marked as sent by hand", now=now)
+        # complete_task and skip_task withdraw the task's unclaimed send themselves.
         complete_task(session, user, task_id, now=now, sent_at=now, via=CompletedVia.WEB)
         return "Marked as sent. The campaign moves on to the next step."
-    outbox.cancel_task_send(session, user, task_id, reason="task skipped", now=now)
     skip_task(session, user, task_id, now=now)
     return "Task skipped. The campaign moves on to the next step."
 
