@@ -1,78 +1,29 @@
 """The campaign builder in a real browser: sign in, build a two-day campaign, preview, launch.
 
 Drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded browser) through Playwright
-against the app served on 127.0.0.1 by werkzeug in a thread, on the test's own database.
-Skips, saying why, where that Chromium is absent.
+against the app served on 127.0.0.1 (the ``browser``, ``live_server`` and ``page`` fixtures of
+``tests/browser/conftest.py``). Skips, saying why, where that Chromium is absent.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.campaigns.models import Campaign, Enrollment
 from tests.conftest import World, make_contact, make_template
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-
 
 @pytest.fixture
-def builder_browser(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """Headless Chromium: the shared session one if a ``browser`` fixture exists, else ours.
-
-    Only one Playwright may run per thread, so a shared browser is reused when there is one.
-    """
-    if not CHROMIUM.exists():
-        pytest.skip("browser tests need Debian's Chromium at /usr/bin/chromium "
-                    "(apt-get install chromium; .ci/run installs it)")
-    try:
-        yield request.getfixturevalue("browser")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                      headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def builder_server(app: Flask) -> Iterator[str]:
-    """The test app on a free 127.0.0.1 port (werkzeug in a thread); yields its base URL."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="builder-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
-    server.server_close()
-
-
-@pytest.fixture
-def tab(builder_browser: Any, builder_server: str) -> Iterator[Any]:
-    """A fresh tab with its own cookies, closed before the server stops."""
-    context = builder_browser.new_context(base_url=builder_server,
-                                          viewport={"width": 1280, "height": 1000},
-                                          locale="en-GB")
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    yield page
-    context.close()
+def tab(page: Any) -> Any:
+    """A fresh tab on the live server (``tests/browser/conftest.py``), taller for the builder."""
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    return page
 
 
 def _options(tab: Any, name: str) -> list[str]:
@@ -80,7 +31,8 @@ def _options(tab: Any, name: str) -> list[str]:
                                 "s => Array.from(s.options).map(o => o.value)")
 
 
-def test_build_a_two_day_campaign_and_launch_it(tab: Any, session: Session, world: World):
+def test_build_a_two_day_campaign_and_launch_it(tab: Any, session: Session, world: World,
+                                                 artifacts: Path):
     """Can a rep build a two-day campaign in the builder, preview the plan and launch it?"""
     from playwright.sync_api import expect
 
@@ -124,8 +76,7 @@ def test_build_a_two_day_campaign_and_launch_it(tab: Any, session: Session, worl
     tab.locator("[data-remove-step]").nth(3).click()
     expect(tab.locator("#steps-3-type")).to_have_count(0)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    tab.screenshot(path=str(ARTIFACTS / "builder.png"), full_page=True)
+    tab.screenshot(path=str(artifacts / "builder.png"), full_page=True)
 
     tab.click("#save")
     expect(tab.get_by_role("status")).to_contain_text("Saved “Two days”.")
@@ -143,7 +94,7 @@ def test_build_a_two_day_campaign_and_launch_it(tab: Any, session: Session, worl
     expect(preview).to_contain_text("Plan for Ada Lovelace")
     expect(preview.locator("tbody tr")).to_have_count(3)
     expect(preview).to_contain_text("UTC")
-    tab.screenshot(path=str(ARTIFACTS / "launch-preview.png"), full_page=True)
+    tab.screenshot(path=str(artifacts / "launch-preview.png"), full_page=True)
     assert session.scalars(select(Enrollment)).first() is None
 
     tab.click("#confirm-button")
