@@ -38,7 +38,7 @@ from typing import Any
 os.environ.setdefault("BENCH_DATABASE_URL",
                       "postgresql+psycopg://postgres@127.0.0.1/relay_bench_prefill")
 
-from _common import ROOT, database_url  # noqa: E402
+from _common import ROOT, database_url, run_load_sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from server.accounts.models import User  # noqa: E402
@@ -141,17 +141,9 @@ def post_fork(server, worker):
 
 def load(engine: Any, reps: int) -> None:
     """Fill the database (about a minute for 1,000,000 tasks), then VACUUM ANALYZE it."""
-    sql = (LOAD_SQL.replace(":reps", str(int(reps)))
-           .replace(":per_rep", str(CONTACTS_PER_REP)).replace(":steps", str(STEPS)))
-    with engine.begin() as conn:
-        for statement in sql.split(";\n"):
-            if statement.strip():
-                conn.execute(text(statement), {"tz": REP_TZ})
-        for table in SEQUENCES:
-            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
-                              f"(SELECT max(id) FROM \"{table}\"))"))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
+    run_load_sql(engine, LOAD_SQL.replace(":reps", str(int(reps)))
+                 .replace(":per_rep", str(CONTACTS_PER_REP)).replace(":steps", str(STEPS)),
+                 {"tz": REP_TZ}, SEQUENCES)
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ import time as clock
 from typing import Any
 
 import psycopg
-from _common import database_url, libpq_url, median, ms
+from _common import database_url, libpq_url, median, ms, run_load_sql
 from sqlalchemy import event, text
 
 from server.accounts.models import User
@@ -89,17 +89,9 @@ SEQUENCES = ("org", "user", "campaign", "campaign_step", "contact", "enrollment"
 
 def load(engine: Any, reps: int) -> None:
     """Fill the database (about a minute for 1,000,000 tasks), then VACUUM ANALYZE it."""
-    sql = (LOAD_SQL.replace(":reps", str(int(reps)))
-           .replace(":per_rep", str(CONTACTS_PER_REP)).replace(":steps", str(STEPS)))
-    with engine.begin() as conn:
-        for statement in sql.split(";\n"):
-            if statement.strip():
-                conn.execute(text(statement), {"tz": REP_TZ})
-        for table in SEQUENCES:
-            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
-                              f"(SELECT max(id) FROM \"{table}\"))"))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
+    run_load_sql(engine, LOAD_SQL.replace(":reps", str(int(reps)))
+                 .replace(":per_rep", str(CONTACTS_PER_REP)).replace(":steps", str(STEPS)),
+                 {"tz": REP_TZ}, SEQUENCES)
 
 
 def main() -> None:
