@@ -87,7 +87,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it is a round trip on every checkout (~0.3 ms, a quarter of a prefill
+    # request). After a database restart a stale pooled connection fails once, is discarded
+    # with the rest of the pool, and the worker loop retries its pass; connections are also
+    # recycled every 30 minutes.
+    kwargs.setdefault("pool_pre_ping", False)
+    kwargs.setdefault("pool_recycle", 1800)
     return create_engine(url, **kwargs)
 
 
