@@ -50,6 +50,11 @@ def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> d
             )
     if not cfg["SECRET_KEY"]:
         cfg["SECRET_KEY"] = os.urandom(32).hex()
+    # The sign-in cookie is never sent on cross-site subrequests, and only over https when
+    # Relay is served over https.
+    cfg["SESSION_COOKIE_SAMESITE"] = "Lax"
+    cfg["SESSION_COOKIE_HTTPONLY"] = True
+    cfg["SESSION_COOKIE_SECURE"] = str(cfg["PUBLIC_URL"]).startswith("https://")
     cfg["FEED_STREAM_SECONDS"] = float(cfg["FEED_STREAM_SECONDS"])
     cfg["WORKER_POLL_SECONDS"] = float(cfg["WORKER_POLL_SECONDS"])
     return cfg

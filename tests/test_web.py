@@ -223,3 +223,14 @@ def test_command_center_live_feed_panel(client: FlaskClient, session: Session, w
     for asset in ("feed.js", "compose.js", "web.css"):
         with client.get(f"/web-static/{asset}") as r:
             assert r.status_code == 200
+
+
+def test_session_cookie_is_lax_and_http_only(client, world):
+    """Is the sign-in cookie HttpOnly and SameSite=Lax, so other sites cannot ride on it?"""
+    page = client.get("/sign-in")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    r = client.post("/sign-in", data={"email": "rep@a.test", "password": "secret-pw",
+                                      "csrf": token})
+    assert r.status_code == 302
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
