@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
@@ -23,14 +22,11 @@ from flask import (
     abort,
     flash,
     redirect,
-    render_template,
     request,
-    session,
     url_for,
 )
 from sqlalchemy import func, select
 
-from server.accounts.auth import web_user
 from server.accounts.models import User
 from server.api.errors import FieldError
 from server.campaigns import launch as launch_service
@@ -43,6 +39,7 @@ from server.contacts.models import Contact
 from server.contacts.service import list_contacts
 from server.db import get_session, utcnow
 from server.errors import Conflict, Forbidden, Invalid
+from server.web.views import page, require_csrf, require_signed_in
 
 bp = Blueprint("campaign_pages", __name__, static_folder="static/campaigns",
                static_url_path="/static/campaigns")
@@ -62,37 +59,6 @@ _STEP_KEY = re.compile(r"^steps-(\d+)-(\w+)$")
 _GROUP_KEY = re.compile(r"^groups-(\d+)-day$")
 _STEP_REF = re.compile(r"steps\[(\d+)\]")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
-
-# -- shared page helpers (the templates pages use them too) --------------------------------
-
-
-def csrf_token() -> str:
-    """The session's CSRF token, made on first use (the same one the sign-in form uses)."""
-    token = session.get("csrf")
-    if not token:
-        token = session["csrf"] = secrets.token_urlsafe(24)
-    return token
-
-
-def check_csrf() -> None:
-    """Refuse a posted form whose CSRF token is not the session's."""
-    sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token")
-    if not sent or not session.get("csrf") or not secrets.compare_digest(sent, session["csrf"]):
-        abort(400, "the form expired; reload the page")
-
-
-def signed_in() -> User:
-    """The signed-in rep; anyone else is sent to the sign-in page."""
-    user = web_user()
-    if user is None:
-        abort(redirect(url_for("web.sign_in")))
-    return user
-
-
-def page(template_name: str, user: User, status: int = 200, /, **context: Any) -> Any:
-    """Render a page that extends ``web/base.html`` (which needs the user and the token)."""
-    return render_template(template_name, user=user, csrf=csrf_token(), **context), status
 
 
 # -- builder state --------------------------------------------------------------------------
@@ -342,7 +308,7 @@ def _builder_page(user: User, b: Builder, campaign: Campaign | None, *, status: 
 @bp.get("/campaigns")
 def campaign_list() -> Any:
     """The org's campaigns: name, status, number of steps, people and owner."""
-    user = signed_in()
+    user = require_signed_in()
     db = get_session()
     campaigns = service.list_campaigns(db, user, None)
     ids = [c.id for c in campaigns]
@@ -362,7 +328,7 @@ def campaign_list() -> Any:
 @bp.route("/campaigns/new", methods=["GET", "POST"])
 def campaign_new() -> Any:
     """The builder for a new campaign; a valid save stores it and opens it."""
-    user = signed_in()
+    user = require_signed_in()
     if request.method == "GET":
         b = Builder(timezone=user.timezone,
                     groups=[DayGroup(day="1", steps=[StepRow(type="email")])])
@@ -373,7 +339,7 @@ def campaign_new() -> Any:
 @bp.route("/campaigns/<int:campaign_id>", methods=["GET", "POST"])
 def campaign_edit(campaign_id: int) -> Any:
     """The builder for a campaign of the rep's org; steps are read-only once people are in."""
-    user = signed_in()
+    user = require_signed_in()
     campaign = _campaign(user, campaign_id)
     if request.method == "GET":
         locked = service.people_count(get_session(), campaign)
@@ -390,7 +356,7 @@ def _campaign(user: User, campaign_id: int) -> Campaign:
 
 def _save(user: User, campaign: Campaign | None) -> Any:
     """Handle a builder post: a structural button re-renders, "save" validates and stores."""
-    check_csrf()
+    require_csrf()
     db = get_session()
     locked = service.people_count(db, campaign) if campaign is not None else 0
     b = builder_from_form(request.form)
@@ -555,11 +521,11 @@ def _preview(campaign: Campaign, f: LaunchForm, people: list[Contact], now: date
 @bp.route("/campaigns/<int:campaign_id>/launch", methods=["GET", "POST"])
 def campaign_launch(campaign_id: int) -> Any:
     """The launch dialog: choose people and a start, preview their plan, then confirm."""
-    user = signed_in()
+    user = require_signed_in()
     campaign = _campaign(user, campaign_id)
     if request.method == "GET":
         return _launch_page(user, campaign, LaunchForm())
-    check_csrf()
+    require_csrf()
     f, errors = _launch_form(campaign)
     now = utcnow()
     db = get_session()

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
+from server.accounts.auth import csrf_token
 from server.accounts.models import User
 from server.api.errors import FieldError
 from server.compose import service
@@ -19,7 +20,7 @@ from server.contacts.models import Contact
 from server.contacts.service import get_contact, list_contacts
 from server.db import get_session
 from server.errors import Invalid
-from server.web.campaigns import check_csrf, csrf_token, page, signed_in
+from server.web.views import page, require_csrf, require_signed_in
 
 bp = Blueprint("template_pages", __name__)
 
@@ -139,7 +140,7 @@ def _editor(user: User, template: Template | None, values: dict[str, str], *,
 @bp.get("/templates")
 def template_list() -> Any:
     """The org's templates, by name."""
-    user = signed_in()
+    user = require_signed_in()
     return page("web/templates/list.html", user,
                 templates=service.list_templates(get_session(), user))
 
@@ -147,7 +148,7 @@ def template_list() -> Any:
 @bp.route("/templates/new", methods=["GET", "POST"])
 def template_new() -> Any:
     """A new template; saving validates it (errors at their line) and opens it."""
-    user = signed_in()
+    user = require_signed_in()
     if request.method == "GET":
         return _editor(user, None, {"name": "", "subject": "", "body_html": ""})
     return _save(user, None)
@@ -156,7 +157,7 @@ def template_new() -> Any:
 @bp.route("/templates/<int:template_id>", methods=["GET", "POST"])
 def template_edit(template_id: int) -> Any:
     """Edit a template of the rep's org."""
-    user = signed_in()
+    user = require_signed_in()
     template = _load(user, template_id)
     if request.method == "GET":
         return _editor(user, template, {"name": template.name, "subject": template.subject,
@@ -165,7 +166,7 @@ def template_edit(template_id: int) -> Any:
 
 
 def _save(user: User, template: Template | None) -> Any:
-    check_csrf()
+    require_csrf()
     values, errors = _form()
     if request.form.get("action") == "preview":
         preview = None if errors else preview_context(
@@ -193,8 +194,8 @@ def _save(user: User, template: Template | None) -> Any:
 @bp.post("/templates/preview")
 def template_preview() -> Any:
     """The live preview (an HTML fragment the editor fetches as the rep types)."""
-    user = signed_in()
-    check_csrf()
+    user = require_signed_in()
+    require_csrf()
     values, errors = _form()
     if any(e.field == "body_html" for e in errors):
         return render_template("web/templates/_preview.html", preview=None,

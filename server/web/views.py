@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
-from server.accounts.auth import csrf_token, csrf_valid, web_user
+from server.accounts.auth import CSRF_HEADER, csrf_token, csrf_valid, web_user
 from server.accounts.models import User
 from server.accounts.service import authenticate
 from server.db import get_session
@@ -27,19 +27,27 @@ def localtime(value: datetime, tz: str) -> str:
 
 
 def require_csrf() -> None:
-    """Refuse a form post that does not carry the page's CSRF token (400)."""
-    if not csrf_valid(request.form.get("csrf")):
+    """Refuse a post (form field or ``X-CSRF-Token`` header) without the page's token (400)."""
+    if not csrf_valid(request.form.get("csrf") or request.headers.get(CSRF_HEADER)):
         abort(400, "the form expired; reload the page")
 
 
-def page(template: str, user: User | None, status: int = 200, **context: Any) -> Any:
+def page(template_name: str, user: User | None, status: int = 200, /, **context: Any) -> Any:
     """Render a page with what every page needs (the user and the CSRF token)."""
-    return render_template(template, user=user, csrf=csrf_token(), **context), status
+    return render_template(template_name, user=user, csrf=csrf_token(), **context), status
 
 
 def signed_in() -> User | None:
     """The signed-in rep (None: the caller redirects to the sign-in page)."""
     return web_user()
+
+
+def require_signed_in() -> User:
+    """The signed-in rep; anyone else is sent to the sign-in page."""
+    user = web_user()
+    if user is None:
+        abort(redirect(url_for("web.sign_in")))
+    return user
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
