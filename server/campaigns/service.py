@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -19,6 +20,16 @@ from server.campaigns.spec import CampaignSettings, SendOption, StepSpec, StepTy
 from server.compose.models import Template
 from server.compose.render import template_prompts
 from server.errors import Conflict, Forbidden, Invalid
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+HHMM_HINT = "use HH:MM, 24-hour (e.g. 09:30)"
+
+
+def parse_hhmm(text: str) -> time | None:
+    """A 24-hour ``HH:MM`` local time of day (an ``at_time`` send time), or None if malformed."""
+    m = _HHMM.match(text)
+    return time(int(m.group(1)), int(m.group(2))) if m else None
+
 
 SETTING_FIELDS = ("timezone", "skip_weekends", "late_task_policy", "on_reply", "on_bounce")
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from flask import Blueprint
@@ -31,7 +30,6 @@ from server.db import get_session, utcnow
 bp = Blueprint("campaigns", __name__, url_prefix="/api/campaigns")
 enrollments_bp = Blueprint("enrollments", __name__, url_prefix="/api/enrollments")
 
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class StepIn(Model):
@@ -50,16 +48,15 @@ class StepIn(Model):
     @field_validator("send_time")
     @classmethod
     def _hhmm(cls, value: str | None) -> str | None:
-        if value is not None and not _HHMM.match(value):
-            raise ValueError("use HH:MM, 24-hour (e.g. 09:30)")
+        if value is not None and service.parse_hhmm(value) is None:
+            raise ValueError(service.HHMM_HINT)
         return value
 
     def as_input(self) -> service.StepInput:
         """The service's form of the step."""
         data = self.model_dump()
         if self.send_time is not None:
-            hh, mm = self.send_time.split(":")
-            data["send_time"] = time(int(hh), int(mm))
+            data["send_time"] = service.parse_hhmm(self.send_time)
         return service.StepInput(**data)
 
 

@@ -58,7 +58,6 @@ LAUNCH_LIST_LIMIT = 500
 _STEP_KEY = re.compile(r"^steps-(\d+)-(\w+)$")
 _GROUP_KEY = re.compile(r"^groups-(\d+)-day$")
 _STEP_REF = re.compile(r"steps\[(\d+)\]")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 # -- builder state --------------------------------------------------------------------------
@@ -227,12 +226,9 @@ def _step_inputs(b: Builder) -> tuple[list[service.StepInput], list[FieldError]]
                     errors.append(FieldError(f"{name}.send_option",
                                              f"unknown send option {row.send_option!r}"))
             if row.send_time:
-                m = _HHMM.match(row.send_time)
-                if m:
-                    send_time = time(int(m.group(1)), int(m.group(2)))
-                else:
-                    errors.append(FieldError(f"{name}.send_time",
-                                             "use HH:MM, 24-hour (e.g. 09:30)"))
+                send_time = service.parse_hhmm(row.send_time)
+                if send_time is None:
+                    errors.append(FieldError(f"{name}.send_time", service.HHMM_HINT))
             if row.template_id:
                 template_id = _int_or_zero(row.template_id) or None
         if len(row.title) > 200:
@@ -446,13 +442,13 @@ def _moment(day: str, at: str, tz: str, name: str, errors: list[FieldError]
         return None
     try:
         d = date.fromisoformat(day)
-        m = _HHMM.match(at[:5])
-        if not m:
+        clock = service.parse_hhmm(at[:5])
+        if clock is None:
             raise ValueError
     except ValueError:
         errors.append(FieldError(name, "give both a date and a time (HH:MM)"))
         return None
-    return datetime.combine(d, time(int(m.group(1)), int(m.group(2))), tzinfo=ZoneInfo(tz))
+    return datetime.combine(d, clock, tzinfo=ZoneInfo(tz))
 
 
 def _launch_form(campaign: Campaign) -> tuple[LaunchForm, list[FieldError]]:
