@@ -18,6 +18,10 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database at ``database_url`` up to ``revision``."""
+def upgrade(database_url: str, revision: str = "heads") -> None:
+    """Bring the database at ``database_url`` up to ``revision`` (default: every head).
+
+    Each feature area adds its own revision on top of the initial schema, so there can be
+    several heads; ``heads`` applies them all.
+    """
     command.upgrade(alembic_config(database_url), revision)
