@@ -264,6 +264,31 @@ def test_complete_with_bad_input_is_422_and_changes_nothing(
     assert client.get(f"/api/tasks/{tid}", headers=rep.headers).json["status"] == "open"
 
 
+def test_opened_records_first_open_once_with_a_feed_event(client: FlaskClient,
+                                                          session: Session, world: World,
+                                                          freeze):
+    """Does the first open record when and where, a replay change nothing, others get 404?"""
+    rep = Rep(session, world, "open@a.test", "UTC")
+    tid = rep.task(utc(2026, 11, 24, 9, 0), StepType.EMAIL)
+    freeze(utc(2026, 11, 24, 10, 0))
+    r = client.post(f"/api/tasks/{tid}/opened", headers=rep.headers, json={"via": "gmail"})
+    assert r.status_code == 200, r.json
+    assert r.json["changed"] is True
+    assert (r.json["task"]["opened_at"], r.json["task"]["opened_via"]) == (
+        "2026-11-24T10:00:00Z", "gmail")
+    freeze(utc(2026, 11, 24, 11, 0))
+    r = client.post(f"/api/tasks/{tid}/opened", headers=rep.headers, json={"via": "outlook"})
+    assert r.json["changed"] is False
+    assert r.json["task"]["opened_via"] == "gmail"
+    kinds = [e["kind"] for e in client.get("/api/feed", headers=rep.headers).json["items"]]
+    assert kinds.count("task.opened") == 1
+    r = client.post(f"/api/tasks/{tid}/opened", headers=rep.headers, json={"via": "fax"})
+    assert r.status_code == 422
+    r = client.post(f"/api/tasks/{tid}/opened", headers=world.auth(world.rep2),
+                    json={"via": "web"})
+    assert r.status_code == 404
+
+
 def test_another_reps_or_orgs_task_is_404(client: FlaskClient, session: Session, world: World,
                                           freeze):
     """Can a colleague, an admin of the org or another org see, complete or skip my task?"""

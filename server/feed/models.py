@@ -18,6 +18,7 @@ class EventKind(enum.StrEnum):
     TASK_CREATED = "task.created"
     TASK_COMPLETED = "task.completed"
     TASK_SKIPPED = "task.skipped"
+    TASK_OPENED = "task.opened"
     SEND_SCHEDULED = "send.scheduled"
     SEND_SENT = "send.sent"
     SEND_FAILED = "send.failed"

@@ -67,4 +67,8 @@ class Task(Base):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     message_id: Mapped[str | None] = mapped_column(String(998), default=None)
     via: Mapped[CompletedVia | None] = mapped_column(enum_column(CompletedVia), default=None)
+    opened_at: Mapped[datetime | None] = mapped_column(default=None)
+    opened_via: Mapped[CompletedVia | None] = mapped_column(
+        enum_column(CompletedVia), default=None
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -69,6 +69,7 @@ _COLUMNS = (
     Task.id, Task.type, Task.status, Task.title, Task.notes, Task.priority, Task.day,
     Task.step_in_day, Task.due_at, Task.completed_at, Task.sent_at, Task.via,
     Task.campaign_id, Task.contact_id, Task.enrollment_id, Task.message_id,
+    Task.opened_at, Task.opened_via,
     Campaign.name.label("campaign_name"), Contact.email.label("contact_email"),
     Contact.first_name, Contact.last_name, Contact.company,
 )
@@ -177,3 +178,31 @@ def skip_task(session: Session, user: User, task_id: int, *, now: datetime) -> b
     """Skip a task and advance the person's campaign (T5). Skipping twice is harmless."""
     return _close(session, user, task_id, TaskStatus.SKIPPED, {}, now, now,
                   (EventKind.TASK_SKIPPED, "Skipped", {}))
+
+
+def record_opened(session: Session, user: User, task_id: int, via: CompletedVia, *,
+                  now: datetime) -> bool:
+    """Record that the rep opened an email task in a compose window (web, Gmail, Outlook).
+
+    The first open of an open task sets ``opened_at``/``opened_via`` and writes one Live Feed
+    event; opening it again (or Google replaying an add-on action) changes nothing and returns
+    False. Another rep's task, or a missing one, is a ``LookupError``.
+    """
+    changed = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.owner_id == user.id, Task.opened_at.is_(None),
+               Task.status == TaskStatus.OPEN)
+        .values(opened_at=now, opened_via=via)
+    ).rowcount
+    if not changed:
+        if session.scalar(select(Task.id).where(Task.id == task_id,
+                                                Task.owner_id == user.id)) is None:
+            raise LookupError(f"task {task_id} not found")
+        return False
+    task = session.get(Task, task_id)
+    assert task is not None
+    record(session, org_id=task.org_id, owner_id=task.owner_id, kind=EventKind.TASK_OPENED,
+           summary=f"Opened in {via.value.capitalize()}: {task.title}",
+           data={"task_id": task.id, "campaign_id": task.campaign_id,
+                 "contact_id": task.contact_id, "via": via.value})
+    return True

@@ -57,6 +57,8 @@ class TaskOut(Out):
     sent_at: datetime | None
     message_id: str | None
     via: CompletedVia | None
+    opened_at: datetime | None = Field(description="first opened in a compose window")
+    opened_via: CompletedVia | None
 
 
 class TaskList(Out):
@@ -92,6 +94,12 @@ class SkipIn(Model):
     """Skipping takes no options."""
 
 
+class OpenedIn(Model):
+    """Where the rep opened the email task's compose window."""
+
+    via: CompletedVia
+
+
 class TaskAction(Out):
     """The task after the action, and whether this request changed it."""
 
@@ -110,6 +118,7 @@ def task_out(row: Any, tz: str) -> TaskOut:
         enrollment_id=row.enrollment_id, day=row.day, step=row.step_in_day, due_at=row.due_at,
         due_local=row.due_at.astimezone(ZoneInfo(tz)), completed_at=row.completed_at,
         sent_at=row.sent_at, message_id=row.message_id, via=row.via,
+        opened_at=row.opened_at, opened_via=row.opened_via,
     )
 
 
@@ -161,5 +170,15 @@ def skip(task_id: int, body: SkipIn) -> TaskAction:
     """Skip a task; the person's campaign moves on. Doing it twice is harmless."""
     _read(task_id)
     changed = service.skip_task(get_session(), api_user(), task_id, now=utcnow())
+    get_session().commit()
+    return TaskAction(changed=changed, task=_read(task_id))
+
+
+@operation(bp, "/<int:task_id>/opened", "POST", body=OpenedIn, response=TaskAction)
+def opened(task_id: int, body: OpenedIn) -> TaskAction:
+    """Record that the rep opened the task in a compose window; the first open is kept."""
+    _read(task_id)
+    changed = service.record_opened(get_session(), api_user(), task_id, body.via,
+                                    now=utcnow())
     get_session().commit()
     return TaskAction(changed=changed, task=_read(task_id))
