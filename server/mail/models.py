@@ -9,6 +9,7 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db import Base, enum_column, utcnow
+from server.outbox.leases import Leased
 
 
 class SendStatus(enum.StrEnum):
@@ -38,7 +39,7 @@ SEND_TRANSITIONS: dict[SendStatus, frozenset[SendStatus]] = {
 }
 
 
-class ScheduledSend(Base):
+class ScheduledSend(Leased, Base):
     """An email due at a moment: an automatic campaign step, or a task the rep scheduled."""
 
     __tablename__ = "scheduled_send"

@@ -1,0 +1,111 @@
+"""Claiming outbox rows under a lease, and writes fenced by the lease token.
+
+Every outbox (scheduled sends, Salesforce sync items) works the same way: a worker *claims* a
+batch of ready rows, which stamps each with a fresh random ``lease_token`` and a
+``lease_expires_at``; from then on every write the worker makes about a row goes through
+:func:`fenced_update`, which only changes the row while it still carries that token and the
+lease has not run out. A worker that stalled (a long GC pause, SIGSTOP, a lost network) and
+lost its lease therefore changes nothing when it wakes up, and its caller learns so before it
+calls any provider.
+
+Claiming is one ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED) RETURNING``
+statement: on PostgreSQL concurrent workers skip each other's locked rows and never claim the
+same row twice; on SQLite the writing session's ``BEGIN IMMEDIATE`` serialises claims (the
+``FOR UPDATE`` clause is not emitted there) and one worker process is the supported setup.
+Time is always passed in.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Integer, String, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+
+class Leased:
+    """Columns every leased outbox row carries (mix into a mapped class)."""
+
+    lease_token: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed row: its id and the token that fences every later write about it."""
+
+    id: int
+    token: str
+    expires_at: datetime
+
+
+def new_token() -> str:
+    """A fresh, unguessable lease token (unique per claim)."""
+    return secrets.token_hex(16)
+
+
+def claim(session: Session, model: type[Any], *, ready: ColumnElement[bool],
+          order_by: Any, now: datetime, lease: timedelta, limit: int,
+          values: Mapping[str, Any]) -> list[Claim]:
+    """Claim up to ``limit`` rows of ``model`` matching ``ready``, oldest ``order_by`` first.
+
+    Each claimed row gets ``values`` (typically its new status), a new lease token, a lease
+    until ``now + lease`` and one more attempt. Rows locked by a concurrent claim are skipped
+    (PostgreSQL), so two workers never hold the same row. The caller commits.
+    """
+    if limit <= 0:
+        return []
+    token = new_token()
+    expires = now + lease
+    candidates = (
+        select(model.id).where(ready).order_by(order_by).limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(model)
+        .where(model.id.in_(candidates.scalar_subquery()))
+        .values(lease_token=token, lease_expires_at=expires, attempts=model.attempts + 1,
+                **values)
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    return [Claim(id=row_id, token=token, expires_at=expires) for row_id in sorted(rows)]
+
+
+def fenced_update(session: Session, model: type[Any], held: Claim, *, now: datetime,
+                  values: Mapping[str, Any], extend: timedelta | None = None) -> bool:
+    """Write ``values`` to the claimed row only while ``held`` is still its live lease.
+
+    Returns False, writing nothing, when another worker has re-claimed the row (the token
+    differs) or the lease ran out at ``now``. ``extend`` renews the lease to ``now + extend``
+    in the same statement. The caller commits, and must stop work on the row when this
+    returns False.
+    """
+    extra: dict[str, Any] = dict(values)
+    if extend is not None:
+        extra["lease_expires_at"] = now + extend
+    changed = session.execute(
+        update(model)
+        .where(model.id == held.id, model.lease_token == held.token,
+               model.lease_expires_at > now)
+        .values(**extra)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return changed == 1
+
+
+def release(session: Session, model: type[Any], held: Claim, *, now: datetime,
+            values: Mapping[str, Any]) -> bool:
+    """Finish with a row: write ``values`` and clear its lease, if the lease is still ours."""
+    return fenced_update(session, model, held, now=now,
+                         values={**values, "lease_token": None, "lease_expires_at": None})
+
+
+def expired(model: type[Any], now: datetime) -> ColumnElement[bool]:
+    """The condition "this row's lease has run out at ``now``" (for sweeps and re-claims)."""
+    return model.lease_expires_at.is_not(None) & (model.lease_expires_at <= now)
