@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from server.accounts.models import Role, User
-from server.db import session_scope
+from server.db import dispose, session_scope
 
 
 def _app() -> Flask:
@@ -22,7 +22,7 @@ def _app() -> Flask:
     if ctx is not None:
         # Without this every command leaves its pool's connections open until garbage
         # collection (which on PostgreSQL keeps server backends around).
-        ctx.call_on_close(app.extensions["relay.engine"].dispose)
+        ctx.call_on_close(lambda: dispose(app))
     return app
 
 

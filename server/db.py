@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, g
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -103,12 +103,31 @@ def init_app(app: Flask) -> None:
     app.extensions["relay.sessionmaker"] = sessionmaker(engine, expire_on_commit=False)
     writer = engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
     app.extensions["relay.write_sessionmaker"] = sessionmaker(writer, expire_on_commit=False)
+    # Hot read paths on PostgreSQL use a plain connection from a second, small pool whose
+    # connections stay in autocommit: no BEGIN and no COMMIT round trip (three round trips
+    # become one), no ORM session to set up, no isolation switching on checkout and nothing
+    # to roll back on return, so psycopg keeps its prepared statements. Under READ COMMITTED
+    # every statement has its own snapshot anyway, so a read-only request sees nothing
+    # different. SQLite keeps its explicit BEGIN and the one engine.
+    app.extensions["relay.read_engine"] = (
+        engine if engine.dialect.name == "sqlite"
+        else make_engine(app.config["DATABASE_URL"], isolation_level="AUTOCOMMIT",
+                         pool_reset_on_return=None))
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:
         session = g.pop("db_session", None)
         if session is not None:
             session.close()
+        conn = g.pop("db_read_connection", None)
+        if conn is not None:
+            conn.close()
+
+
+def dispose(app: Flask) -> None:
+    """Close every pooled connection of ``app``'s engines (tests, CLI commands, shutdown)."""
+    app.extensions["relay.engine"].dispose()
+    app.extensions["relay.read_engine"].dispose()
 
 
 def get_session() -> Session:
@@ -120,6 +139,22 @@ def get_session() -> Session:
         key = "relay.write_sessionmaker" if writes else "relay.sessionmaker"
         g.db_session = current_app.extensions[key]()
     return g.db_session
+
+
+def get_read_connection() -> Connection:
+    """A connection for the current request's hot read path (autocommit on PostgreSQL).
+
+    Each statement commits on its own there (one round trip a query), so only views that
+    write nothing, or whose single writes stand alone, may use it; they call ``commit()``
+    before answering, which SQLite needs and PostgreSQL treats as a no-op. It is closed with
+    the app context.
+    """
+    from flask import current_app
+
+    conn: Connection | None = g.get("db_read_connection")
+    if conn is None:
+        conn = g.db_read_connection = current_app.extensions["relay.read_engine"].connect()
+    return conn
 
 
 @contextmanager

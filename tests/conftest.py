@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from server import db
 from server.accounts.models import Org, Role, User
 from server.accounts.service import create_token, create_user
 from server.app import create_app
@@ -76,7 +77,7 @@ def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
         "WORKER_POLL_SECONDS": 0.05,
     })
     yield app
-    app.extensions["relay.engine"].dispose()
+    db.dispose(app)
 
 
 @pytest.fixture

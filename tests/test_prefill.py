@@ -13,8 +13,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from jinja2.sandbox import SandboxedEnvironment
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from server.accounts.models import User
@@ -22,6 +24,7 @@ from server.campaigns.launch import launch
 from server.campaigns.models import EnrollmentStep
 from server.campaigns.progress import send_finished
 from server.campaigns.spec import SendOption, StepType
+from server.compose import render
 from server.compose.models import Template
 from server.compose.prefill import (
     DOCUMENTS,
@@ -32,7 +35,7 @@ from server.compose.prefill import (
     format_moment,
     reply_subject,
 )
-from server.compose.prefill_views import PrefillOut
+from server.compose.prefill_views import BODIES, PrefillOut
 from server.compose.render import render_email
 from server.contacts.models import Contact
 from server.mail.models import ScheduledSend, SendStatus
@@ -53,8 +56,10 @@ def utc(*args: int) -> datetime:
 def _fresh_documents() -> Iterator[None]:
     """Every test starts with an empty document cache."""
     DOCUMENTS.clear()
+    BODIES.clear()
     yield
     DOCUMENTS.clear()
+    BODIES.clear()
 
 
 def template(session: Session, owner: User, subject: str, body: str,
@@ -384,6 +389,39 @@ def test_etag_and_if_none_match(client: FlaskClient, session: Session, world: Wo
     assert stale.status_code == 200 and stale.json == first.json
     listed = get(client, world, world.rep, task_id, **{"If-None-Match": f'"x", {etag}'})
     assert listed.status_code == 304
+
+
+def test_repeated_requests_compile_nothing_and_connect_nothing(
+        app: Flask, client: FlaskClient, session: Session, world: World,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first request, do prefill and ping compile no template, open no connection?"""
+    task_id, _, _ = one_email_task(session, world.rep)
+    compiled: list[str] = []
+    from_string = SandboxedEnvironment.from_string
+
+    def counting(self: SandboxedEnvironment, source: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(str(source))
+        return from_string(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(SandboxedEnvironment, "from_string", counting)
+    for cache in (render._ANALYSES, render._COMPILED, render._RENDERED):
+        cache.clear()  # other tests compiled the same templates in this process
+    first = get(client, world, world.rep, task_id)
+    assert first.status_code == 200
+    assert client.get("/api/ping", headers=world.auth(world.rep)).status_code == 200
+    assert compiled  # the first document compiled its templates
+    connects: list[object] = []
+    for name in ("relay.engine", "relay.read_engine"):
+        event.listen(app.extensions[name], "connect", lambda *a: connects.append(a))
+    compiled.clear()
+    DOCUMENTS.clear()  # even a document built again reuses the compiled templates
+    BODIES.clear()
+    for _ in range(20):
+        r = get(client, world, world.rep, task_id)
+        assert r.status_code == 200 and r.json == first.json
+        assert client.get("/api/ping", headers=world.auth(world.rep)).status_code == 200
+    assert compiled == []
+    assert connects == []
 
 
 def test_etag_changes_with_the_contact(client: FlaskClient, session: Session,

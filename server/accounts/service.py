@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -104,7 +104,7 @@ def user_for_token(session: Session, token: str) -> User | None:
     return user
 
 
-def touch_token(session: Session, token_id: int, last_used: datetime | None,
+def touch_token(session: Session | Connection, token_id: int, last_used: datetime | None,
                 now: datetime) -> None:
     """Record that a token was used, writing at most every few minutes.
 

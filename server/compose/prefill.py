@@ -13,19 +13,18 @@ import hashlib
 import html as html_lib
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, String, and_, bindparam, cast, select
+from sqlalchemy import Connection, Row, String, and_, bindparam, cast, select
 from sqlalchemy.orm import Session, aliased
 
 from server.accounts.models import ApiToken, User
 from server.accounts.service import touch_token
+from server.cache import Lru
 from server.campaigns.models import Campaign, CampaignStep, EnrollmentStep, StepStatus
 from server.campaigns.spec import StepType
 from server.compose.links import compose_links, no_links
@@ -210,45 +209,11 @@ def build_prefill(data: PrefillInput, *, now: datetime) -> dict[str, Any]:
 # -- the service ----------------------------------------------------------------------------
 
 
-class _Lru:
-    """A small thread-safe LRU of prepared documents, keyed by every input they are made of.
-
-    The key holds the inputs themselves (not ids and versions), so an entry can never be stale:
-    any change to the task, contact, campaign name, templates, previous email or sender makes a
-    different key, and the old entry just ages out. Documents with big templates are not kept.
-    """
-
-    def __init__(self, size: int = 1024, max_input: int = 64 * 1024) -> None:
-        self.size = size
-        self.max_input = max_input
-        self._items: OrderedDict[Any, dict[str, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> dict[str, Any] | None:
-        """The document for ``key``, or None."""
-        with self._lock:
-            doc = self._items.get(key)
-            if doc is not None:
-                self._items.move_to_end(key)
-            return doc
-
-    def put(self, key: Any, doc: dict[str, Any], input_size: int) -> None:
-        """Keep ``doc`` unless its inputs are too big to be worth the memory."""
-        if input_size > self.max_input:
-            return
-        with self._lock:
-            self._items[key] = doc
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        """Forget everything."""
-        with self._lock:
-            self._items.clear()
-
-
-DOCUMENTS = _Lru()
+# Prepared documents, keyed by every input they are made of: the inputs themselves (not ids
+# and versions), so an entry can never be stale. Any change to the task, contact, campaign
+# name, templates, previous email or sender makes a different key, and the old entry just
+# ages out. Documents made from big templates are not kept.
+DOCUMENTS: Lru[dict[str, Any]] = Lru(1024, max_input=64 * 1024)
 
 _step = aliased(EnrollmentStep, name="es")
 _cstep = aliased(CampaignStep, name="cs")
@@ -327,12 +292,16 @@ def _token_query() -> Any:
             .where(ApiToken.token_hash == bindparam("token_hash")))
 
 
-def token_caller(session: Session, token_hash: str) -> int | None:
+def _connection(db: Session | Connection) -> Connection:
+    return db.connection() if isinstance(db, Session) else db
+
+
+def token_caller(db: Session | Connection, token_hash: str) -> int | None:
     """The id of the user whose API token hashes to ``token_hash``, or None (one query)."""
-    row = session.connection().execute(_token_query(), {"token_hash": token_hash}).first()
+    row = _connection(db).execute(_token_query(), {"token_hash": token_hash}).first()
     if row is None:
         return None
-    touch_token(session, row.token_id, row.token_used_at, utcnow())
+    touch_token(db, row.token_id, row.token_used_at, utcnow())
     return int(row.user_id)
 
 
@@ -393,31 +362,31 @@ def _document(row: Row[Any], user_id: int, sender: Mapping[str, Any], timezone: 
     return doc
 
 
-def prefill_for_task(session: Session, user: User, task_id: int,
+def prefill_for_task(db: Session | Connection, user: User, task_id: int,
                      now: datetime | None = None) -> dict[str, Any] | None:
     """The prefill document of one of ``user``'s email tasks; None when it is not theirs.
 
     Raises Conflict for a call, InMail or custom task (they have no email to prefill). One
     query; a document already built from identical inputs is served from memory.
     """
-    row = session.connection().execute(
+    row = _connection(db).execute(
         _prefill_query(), {"task_id": task_id, "owner_id": user.id}).first()
     if row is None:
         return None
     return _document(row, user.id, _sender(user), user.timezone, now)
 
 
-def prefill_for_token(session: Session, token_hash: str, task_id: int,
+def prefill_for_token(db: Session | Connection, token_hash: str, task_id: int,
                       now: datetime | None = None) -> dict[str, Any] | None:
     """:func:`prefill_for_task` for the owner of an API token, found in the same one query.
 
     None when the token is unknown or the task is not its owner's: the caller tells the two
     apart (401 or 404) on that rare path.
     """
-    row = session.connection().execute(
+    row = _connection(db).execute(
         _prefill_query(True), {"task_id": task_id, "token_hash": token_hash}).first()
     if row is None:
         return None
-    touch_token(session, row.token_id, row.token_used_at, utcnow())
+    touch_token(db, row.token_id, row.token_used_at, utcnow())
     sender = {"name": row.user_name, "title": row.user_title, "email": row.user_email}
     return _document(row, row.user_id, sender, row.user_timezone, now)

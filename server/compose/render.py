@@ -45,8 +45,6 @@ import difflib
 import functools
 import hashlib
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -57,6 +55,8 @@ from jinja2 import StrictUndefined, nodes
 from jinja2 import Template as JinjaTemplate
 from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
+
+from server.cache import Lru
 
 #: The largest rendered subject or HTML body, in bytes (UTF-8).
 MAX_OUTPUT = 256 * 1024
@@ -423,32 +423,9 @@ def _environment(html: bool) -> SandboxedEnvironment:
     return env
 
 
-class _LRU:
-    """A small thread-safe LRU (gunicorn's gthread workers render from several threads)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[Any, Any] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self.lock:
-            value = self.items.get(key)
-            if value is not None:
-                self.items.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        with self.lock:
-            self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-
-
-_ANALYSES = _LRU(2048)
-_COMPILED = _LRU(1024)
-_RENDERED = _LRU(4096)
+_ANALYSES: Lru[Any] = Lru(2048)
+_COMPILED: Lru[Any] = Lru(1024)
+_RENDERED: Lru[Any] = Lru(4096)
 
 
 def _digest(source: str) -> bytes:

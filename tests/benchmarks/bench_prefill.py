@@ -10,10 +10,11 @@ run, and the prefill/ping ratio of the medians. Not a test: it prints figures an
 assertion.
 
     .venv/bin/python tests/benchmarks/bench_prefill.py [--rounds 3] [--duration 10]
-        [--tasks 100] [--no-cache]
+        [--tasks 100] [--no-cache] [--reuse]
 
 ``--no-cache`` turns the in-process document cache off (every request renders its document);
-``--tasks`` is how many of the rep's tasks the requests cycle through.
+``--tasks`` is how many of the rep's tasks the requests cycle through; ``--reuse`` keeps the
+data of the previous run instead of loading it again.
 
 BENCH_DATABASE_URL (default postgresql+psycopg://postgres@127.0.0.1/relay_bench_prefill; the
 name must start with ``relay_bench_p``) is dropped and re-migrated at the start.
@@ -44,6 +45,8 @@ from sqlalchemy import text  # noqa: E402
 from server.accounts.models import User  # noqa: E402
 from server.accounts.service import create_token  # noqa: E402
 from server.app import create_app  # noqa: E402
+from server.config import normalise_database_url  # noqa: E402
+from server.db import dispose  # noqa: E402
 
 CONTACTS_PER_REP = 500
 STEPS = 10
@@ -136,6 +139,8 @@ def post_fork(server, worker):
     if %(no_cache)r:
         from server.compose import prefill
         prefill.DOCUMENTS.size = 0
+        from server.compose import prefill_views
+        prefill_views.BODIES.size = 0
 """
 
 
@@ -190,6 +195,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the data a previous run loaded (skip the minute of loading)")
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -198,11 +205,13 @@ def main() -> None:
     if not name.startswith("relay_bench_p"):
         sys.exit("BENCH_DATABASE_URL must name a throwaway database called relay_bench_p*")
 
-    url = database_url()
+    url = (normalise_database_url(os.environ["BENCH_DATABASE_URL"]) if args.reuse
+           else database_url())
     app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "bench"})
     engine = app.extensions["relay.engine"]
     t0 = clock.perf_counter()
-    load(engine, args.reps)
+    if not args.reuse:
+        load(engine, args.reps)
     with app.extensions["relay.sessionmaker"]() as session:
         rep = session.get(User, 1)
         assert rep is not None
@@ -212,8 +221,9 @@ def main() -> None:
         task_ids = list(session.scalars(text(
             "SELECT id FROM task WHERE owner_id = 1 AND status = 'open' ORDER BY id "
             "LIMIT :n"), {"n": args.tasks}))
-    engine.dispose()
-    print(f"loaded {total:,} tasks in {clock.perf_counter() - t0:.1f} s; "
+    dispose(app)
+    print(f"{'reused' if args.reuse else 'loaded'} {total:,} tasks in "
+          f"{clock.perf_counter() - t0:.1f} s; "
           f"requests cycle through {len(task_ids)} open follow-up tasks of rep 1")
 
     work = Path(tempfile.mkdtemp(prefix="bench_prefill_"))
