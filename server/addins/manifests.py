@@ -286,7 +286,8 @@ def check_xml(xml: bytes, *, production: bool,
             if el.get("DefaultValue", "").startswith(("http://", "https://"))]
     urls += [(el.text or "").strip() for el in root.iter(f"{{{_NS['o']}}}AppDomain")]
     if production:
-        problems += [f"URL is not https: {u}" for u in urls if not u.startswith("https://")]
+        problems += [f"URL is not https: {u}"
+                     for u in dict.fromkeys(urls) if not u.startswith("https://")]
 
     for vo_ns in ("v10", "v11"):
         for vo in root.iter(f"{{{_NS[vo_ns]}}}VersionOverrides"):
@@ -422,3 +423,36 @@ def _check_events(vo: Any, event_script: str) -> list[str]:
                 problems.append(f"ExecuteFunction {fn.text!r} is not registered with "
                                 "Office.actions.associate")
     return problems
+
+
+def local_fetch(source: AddinSource) -> Callable[[str], bytes | None]:
+    """A ``fetch`` for :func:`check_xml` that reads the add-in's own files from disk.
+
+    A URL under the add-in's path maps to its file in ``addin/outlook``; anything else (and a
+    file that does not exist) is None.
+    """
+    prefix = f"{source.base}{ADDIN_PATH}/"
+
+    def fetch(url: str) -> bytes | None:
+        if not url.startswith(prefix):
+            return None
+        path = (ADDIN_DIR / url[len(prefix):]).resolve()
+        if ADDIN_DIR.resolve() not in path.parents or not path.is_file():
+            return None
+        return path.read_bytes()
+
+    return fetch
+
+
+def validation_problems(config: Mapping[str, Any]) -> list[str]:
+    """Everything wrong with the running configuration's manifest: config and extra checks."""
+    source = source_from_config(config)
+    rendered = render(source)
+    event_script = (ADDIN_DIR / "events.js").read_text(encoding="utf-8")
+    problems = check_config(config)
+    extra = check_xml(rendered.xml, production=True, fetch=local_fetch(source),
+                      event_script=event_script)
+    if not source.public_url.startswith("https://"):
+        # One line about PUBLIC_URL says it; not one per URL built from it.
+        extra = [p for p in extra if not p.startswith("URL is not https")]
+    return problems + extra
