@@ -201,7 +201,7 @@ def _hs256(payload: dict[str, Any], secret: bytes) -> str:
 def test_a_tenant_outside_the_allow_list_is_a_401(database_url: str, jwks: _Jwks,
                                                   session: Session, world: World,
                                                   keys: dict[str, Any]):
-    """With MS_TENANTS set, is a valid token of another tenant refused, and the listed one let in?"""
+    """With MS_TENANTS set, is another tenant's valid token refused and a listed one let in?"""
     link(session, world)
     app = create_app({"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "test",
                       "PUBLIC_URL": PUBLIC_URL, "MS_CLIENT_ID": CLIENT_ID,
