@@ -316,7 +316,7 @@ def _check_resources(vo: Any, ns: str, fetch: Callable[[str], bytes | None]) -> 
     q = _NS[ns]
     bt = _NS["bt"]
     # The nested 1.1 block has its own resources; do not look into it from the 1.0 block.
-    own = [el for el in vo.iter() if _owner(el, q) is vo]
+    own = [el for el in vo.iter() if _owner(el) is vo]
     kinds = {"Images": "Image", "Urls": "Url", "ShortStrings": "String", "LongStrings": "String"}
     defined: dict[str, dict[str, str]] = {k: {} for k in kinds}
     for res in (el for el in own if el.tag == f"{{{q}}}Resources"):
@@ -372,7 +372,7 @@ def etree_localname(el: Any) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _owner(el: Any, ns: str) -> Any:
+def _owner(el: Any) -> Any:
     """The nearest VersionOverrides ancestor of ``el`` (itself excluded) in any namespace."""
     node = el.getparent()
     while node is not None:
