@@ -58,6 +58,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(campaign_pages.bp)
     app.register_blueprint(templates_pages.bp)
 
+    from server.addins.outlook import admin as outlook_admin
+    from server.addins.outlook import views as outlook_views
+
+    outlook_views.init_app(app)
+    app.register_blueprint(outlook_admin.bp)
+
     @app.get("/openapi.json")
     def openapi() -> Any:
         """The OpenAPI 3.1 document of every /api endpoint."""

@@ -159,6 +159,31 @@ def contacts_import(file: Path, email: str, skip_errors: bool) -> None:
                f"{len(report.errors)} bad rows skipped)")
 
 
+@main.group()
+def manifests() -> None:
+    """Add-in manifests and deployment files, built for PUBLIC_URL."""
+
+
+@manifests.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--only", "names", multiple=True,
+              help="only this add-in's files (repeatable; default: all registered)")
+def manifests_export(directory: Path, names: tuple[str, ...]) -> None:
+    """Write every add-in's manifests and deployment files into DIRECTORY."""
+    from server.addins.exporters import EXPORTERS, export_all
+    from server.config import load_config
+
+    unknown = [n for n in names if n not in EXPORTERS]
+    if unknown:
+        raise click.ClickException(f"unknown add-in {', '.join(unknown)}; choose from "
+                                   f"{', '.join(sorted(EXPORTERS))}")
+    # The files depend on the environment's configuration only (PUBLIC_URL, OUTLOOK_*,
+    # MS_CLIENT_ID): no database is needed.
+    config = load_config(Path("instance"))
+    for path in export_all(config, directory, list(names) or None):
+        click.echo(str(path))
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)

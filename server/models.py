@@ -1,6 +1,7 @@
 """Import every table so that ``Base.metadata`` is complete (Alembic and tests use this)."""
 
 from server.accounts.models import ApiToken, Org, Role, User
+from server.addins.outlook.models import MicrosoftIdentity, TaskSendReport
 from server.campaigns.models import Campaign, CampaignStep, Enrollment, EnrollmentStep
 from server.compose.models import Template
 from server.contacts.models import Contact
@@ -11,6 +12,6 @@ from server.tasks.models import Task, TaskStatus
 
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
-    "EventKind", "FeedEvent", "Org", "Role", "ScheduledSend", "SendStatus", "Task",
-    "TaskStatus", "Template", "User",
+    "EventKind", "FeedEvent", "MicrosoftIdentity", "Org", "Role", "ScheduledSend", "SendStatus",
+    "Task", "TaskSendReport", "TaskStatus", "Template", "User",
 ]

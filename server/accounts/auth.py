@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 
-from flask import g, request, session
+from flask import current_app, g, request, session
 
 from server.accounts.models import User
-from server.accounts.service import user_for_token
+from server.accounts.scopes import allows
+from server.accounts.service import TOKEN_PREFIX, user_and_scope_for_token
 from server.api.errors import ApiError
 from server.db import get_session
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
+#: ``app.extensions`` key of the other bearer-token verifiers (e.g. Microsoft Entra tokens):
+#: callables ``(token) -> (user, scope) | None`` tried for tokens that are not Relay's own.
+BEARER_VERIFIERS = "relay.bearer_verifiers"
+BearerVerifier = Callable[[str], "tuple[User, str | None] | None"]
 
 
 def csrf_token() -> str:
@@ -57,9 +63,19 @@ def api_user() -> User:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <token> "
                        "(create one with `relay token create --email you@example.com`)")
-    user = user_for_token(get_session(), token.strip())
-    if user is None:
+    token = token.strip()
+    found = user_and_scope_for_token(get_session(), token)
+    if found is None and not token.startswith(TOKEN_PREFIX):
+        for verify in current_app.extensions.get(BEARER_VERIFIERS, ()):
+            found = verify(token)
+            if found is not None:
+                break
+    if found is None:
         raise ApiError(401, "unauthorized", "the API token is not valid")
+    user, scope = found
+    if not allows(scope, request.endpoint):
+        raise ApiError(403, "forbidden", f"this token is limited to the {scope} add-in's "
+                       "endpoints")
     g.api_user = user
     return user
 

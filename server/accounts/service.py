@@ -79,29 +79,39 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, user: User, name: str = "") -> str:
-    """Issue a new API token for ``user`` and return it; only its hash is stored."""
+def create_token(session: Session, user: User, name: str = "",
+                 scope: str | None = None) -> str:
+    """Issue a new API token for ``user`` and return it; only its hash is stored.
+
+    A ``scope`` limits the token to one client's endpoints (``server.accounts.scopes``).
+    """
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(user_id=user.id, token_hash=hash_token(token), name=name,
-                         prefix=token[:8]))
+                         prefix=token[:8], scope=scope))
     session.flush()
     return token
 
 
 def user_for_token(session: Session, token: str) -> User | None:
     """The user an API token belongs to, or None; records when it was last used."""
+    found = user_and_scope_for_token(session, token)
+    return found[0] if found is not None else None
+
+
+def user_and_scope_for_token(session: Session, token: str) -> tuple[User, str | None] | None:
+    """The user an API token belongs to and the token's scope, or None; records its use."""
     if not token.startswith(TOKEN_PREFIX):
         return None
     row = session.execute(
-        select(User, ApiToken.id, ApiToken.last_used_at)
+        select(User, ApiToken.id, ApiToken.last_used_at, ApiToken.scope)
         .join(ApiToken, ApiToken.user_id == User.id)
         .where(ApiToken.token_hash == hash_token(token))
     ).first()
     if row is None:
         return None
-    user, token_id, last_used = row
+    user, token_id, last_used, scope = row
     touch_token(session, token_id, last_used, utcnow())
-    return user
+    return user, scope
 
 
 def touch_token(session: Session | Connection, token_id: int, last_used: datetime | None,

@@ -19,6 +19,7 @@ class EventKind(enum.StrEnum):
     TASK_COMPLETED = "task.completed"
     TASK_SKIPPED = "task.skipped"
     TASK_OPENED = "task.opened"
+    TASK_SENDING = "task.sending"
     SEND_SCHEDULED = "send.scheduled"
     SEND_SENT = "send.sent"
     SEND_FAILED = "send.failed"

@@ -1,0 +1,89 @@
+/*
+ * Relay's Outlook event handlers (event-based activation). A plain script with no imports:
+ * classic Outlook on Windows loads this file alone; the other clients load commands.html,
+ * which includes it.
+ *
+ * OnMessageSend (SendMode PromptUser): when the message carries the x-relay-task header the
+ * task pane stamped, tell Relay the task is being sent. The handler NEVER blocks the send:
+ * every path, errors and timeouts included, ends in event.completed({ allowEvent: true }).
+ */
+/* global Office, OfficeRuntime */
+var RELAY_BASE_URL = "__RELAY_PUBLIC_URL__";
+var RELAY_TOKEN_KEY = "relay.outlook.token";
+var RELAY_SEND_TIMEOUT_MS = 4000;
+
+function relayReadToken() {
+  try {
+    if (typeof OfficeRuntime !== "undefined" && OfficeRuntime.storage) {
+      return OfficeRuntime.storage.getItem(RELAY_TOKEN_KEY).catch(function () { return null; });
+    }
+  } catch (e) { /* fall through to localStorage */ }
+  try {
+    return Promise.resolve(typeof localStorage !== "undefined" ? localStorage.getItem(RELAY_TOKEN_KEY) : null);
+  } catch (e) {
+    return Promise.resolve(null);
+  }
+}
+
+function relayTaggedTaskId(headers) {
+  if (!headers) return null;
+  var names = Object.keys(headers);
+  for (var i = 0; i < names.length; i++) {
+    if (names[i].toLowerCase() === "x-relay-task" && /^\s*\d{1,15}\s*$/.test(String(headers[names[i]]))) {
+      return parseInt(headers[names[i]], 10);
+    }
+  }
+  return null;
+}
+
+function onMessageSendHandler(event) {
+  var done = false;
+  function allow() {
+    if (done) return;
+    done = true;
+    event.completed({ allowEvent: true });
+  }
+  // Whatever happens below, the message goes out within the timeout.
+  var timer = setTimeout(allow, RELAY_SEND_TIMEOUT_MS);
+  function finish() {
+    clearTimeout(timer);
+    allow();
+  }
+  try {
+    var item = Office.context.mailbox.item;
+    if (!item || !item.internetHeaders || typeof item.internetHeaders.getAsync !== "function") {
+      finish();
+      return;
+    }
+    item.internetHeaders.getAsync(["x-relay-task"], function (result) {
+      try {
+        var failed = result.status === (Office.AsyncResultStatus ? Office.AsyncResultStatus.Failed : "failed");
+        var taskId = failed ? null : relayTaggedTaskId(result.value);
+        if (taskId === null) {
+          finish();
+          return;
+        }
+        relayReadToken().then(function (token) {
+          if (!token) return null;
+          return fetch(RELAY_BASE_URL + "/api/outlook/tasks/" + taskId + "/sending", {
+            method: "POST",
+            headers: { "Content-Type": "application/json", Authorization: "Bearer " + token },
+            body: "{}",
+          });
+        }).then(finish, finish);
+      } catch (e) {
+        finish();
+      }
+    });
+  } catch (e) {
+    finish();
+  }
+}
+
+if (typeof Office !== "undefined" && Office.actions && typeof Office.actions.associate === "function") {
+  Office.actions.associate("onMessageSendHandler", onMessageSendHandler);
+}
+
+if (typeof module === "object" && module.exports) {
+  module.exports = { onMessageSendHandler: onMessageSendHandler, relayTaggedTaskId: relayTaggedTaskId };
+}
