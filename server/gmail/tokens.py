@@ -207,12 +207,13 @@ class Verifier:
         return GoogleUser(email=email, subject=str(claims.get("sub") or ""))
 
 
+_QUOTED = re.compile(r"b?'[^']*'")
 _TOKENISH = re.compile(r"[A-Za-z0-9_\-]{20,}(?:\.[A-Za-z0-9_\-]*)*")
 
 
 def redact(text: str) -> str:
     """``text`` with anything that looks like a token (20+ base64url characters) replaced."""
-    return _TOKENISH.sub("[redacted]", text)
+    return _TOKENISH.sub("[redacted]", _QUOTED.sub("[redacted]", text))
 
 
 def _short(exc: Exception) -> str:
