@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
 from sqlalchemy.orm import Session
 
 from server.accounts.models import Role, User
@@ -308,7 +308,14 @@ def deployment_file() -> Any:
 @bp.get("/gmail/logo.png")
 def logo() -> Any:
     """The add-on's logo (``common.logoUrl`` unless ``GMAIL_ADDON_LOGO_URL`` is set)."""
-    return send_file(STATIC / "logo.png", mimetype="image/png", max_age=86400)
+    resp = current_app.response_class(_logo_bytes(), mimetype="image/png")
+    resp.headers["Cache-Control"] = "public, max-age=86400"
+    return resp
+
+
+@functools.cache
+def _logo_bytes() -> bytes:
+    return (STATIC / "logo.png").read_bytes()
 
 
 def configuration_status(config: Mapping[str, Any]) -> list[dict[str, Any]]:
