@@ -116,10 +116,50 @@ def _unauthorized(reason: str) -> Response:
     return resp
 
 
+def verified_call(audience: str, scopes: tuple[str, ...], trigger: bool
+                  ) -> AddOnCall | Response | tuple[Any, int]:
+    """The checks in front of every add-on endpoint, for the endpoint whose URL is ``audience``.
+
+    Returns the verified call, or the answer to send instead: 401 for a bad token, 400 for
+    a body that is not an event, ``requesting_google_scopes`` for missing consent, or the
+    card for a Google account with no Relay user.
+    """
+    verifier: Verifier = current_app.extensions["relay.gmail.verifier"]
+    try:
+        verifier.verify_system(request.headers.get("Authorization"), audience)
+    except TokenRejected as exc:
+        return _unauthorized(str(exc))
+    event = request.get_json(silent=True)
+    if not isinstance(event, dict):
+        return jsonify({"error": "bad_request",
+                        "message": "send the add-on event object as JSON"}), 400
+    auth = event.get("authorizationEventObject") or {}
+    granted = auth.get("authorizedScopes") if isinstance(auth, dict) else None
+    if isinstance(granted, list):
+        missing = [s for s in scopes if s not in granted]
+        if missing:
+            return jsonify(cards.request_scopes(missing))
+    user_token = auth.get("userIdToken") if isinstance(auth, dict) else None
+    if not user_token:
+        return jsonify(cards.request_scopes([SCOPE_EMAIL]))
+    try:
+        google_user = verifier.verify_user(str(user_token))
+    except TokenRejected as exc:
+        return _unauthorized(str(exc))
+    session = get_session()
+    user = find_user(session, google_user.email)
+    if user is None:
+        session.commit()
+        shown = cards.unknown_user_card(google_user.email,
+                                        deployment.public_url(current_app.config))
+        return jsonify(cards.push(shown) if trigger else cards.render_push(shown))
+    return AddOnCall(event=event, user=user, session=session)
+
+
 def addon_endpoint(name: str, *, scopes: tuple[str, ...] = BASE_SCOPES,
                    trigger: bool) -> Callable[[Callable[[AddOnCall], dict[str, Any]]],
                                               Callable[[], Any]]:
-    """Register ``POST ENDPOINTS[name]`` with the add-on's checks in front of the function.
+    """Register ``POST ENDPOINTS[name]`` with :func:`verified_call` in front of the function.
 
     ``trigger`` says how cards are answered: a trigger pushes its card, an action answers
     ``renderActions``.
@@ -128,39 +168,12 @@ def addon_endpoint(name: str, *, scopes: tuple[str, ...] = BASE_SCOPES,
     def decorate(fn: Callable[[AddOnCall], dict[str, Any]]) -> Callable[[], Any]:
         @functools.wraps(fn)
         def view() -> Any:
-            verifier: Verifier = current_app.extensions["relay.gmail.verifier"]
-            try:
-                verifier.verify_system(request.headers.get("Authorization"),
-                                       endpoint_url(current_app.config, name))
-            except TokenRejected as exc:
-                return _unauthorized(str(exc))
-            event = request.get_json(silent=True)
-            if not isinstance(event, dict):
-                return jsonify({"error": "bad_request", "message": "send the add-on event "
-                                "object as JSON"}), 400
-            auth = event.get("authorizationEventObject") or {}
-            granted = auth.get("authorizedScopes") if isinstance(auth, dict) else None
-            if isinstance(granted, list):
-                missing = [s for s in scopes if s not in granted]
-                if missing:
-                    return jsonify(cards.request_scopes(missing))
-            user_token = auth.get("userIdToken") if isinstance(auth, dict) else None
-            if not user_token:
-                return jsonify(cards.request_scopes([SCOPE_EMAIL]))
-            try:
-                google_user = verifier.verify_user(str(user_token))
-            except TokenRejected as exc:
-                return _unauthorized(str(exc))
-            session = get_session()
-            user = find_user(session, google_user.email)
-            if user is None:
-                session.commit()
-                shown = cards.unknown_user_card(google_user.email,
-                                                deployment.public_url(current_app.config))
-                return jsonify(cards.push(shown) if trigger else cards.render_push(shown))
-            answer = fn(AddOnCall(event=event, user=user, session=session))
+            call = verified_call(endpoint_url(current_app.config, name), scopes, trigger)
+            if not isinstance(call, AddOnCall):
+                return call
+            answer = fn(call)
             # Reads end in COMMIT (psycopg keeps its prepared statements; DESIGN.md).
-            session.commit()
+            call.session.commit()
             return jsonify(answer)
 
         bp.add_url_rule(ENDPOINTS[name], endpoint=name, view_func=view, methods=["POST"])
