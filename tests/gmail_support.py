@@ -8,6 +8,7 @@ signed with google-auth's own signer, so they are verified exactly as Google's w
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -83,8 +84,12 @@ class LocalGoogle:
         payload = {"iss": "https://accounts.google.com", "iat": now, "exp": now + 3600,
                    "email_verified": True, **claims}
         payload = {k: v for k, v in payload.items() if v is not None}
-        signer = crypt.RSASigner.from_string(signer_pem or self.private_pem, key_id=kid)
-        return google_jwt.encode(signer, payload).decode()
+        return google_jwt.encode(self._signer(signer_pem or self.private_pem, kid),
+                                 payload).decode()
+
+    @functools.cache  # noqa: B019 (one LocalGoogle per test session; loading a key is slow)
+    def _signer(self, pem: bytes, kid: str) -> crypt.RSASigner:
+        return crypt.RSASigner.from_string(pem, key_id=kid)
 
     def system_token(self, path: str, **claims: Any) -> str:
         """The add-on system token Google sends to the endpoint at ``path``."""
