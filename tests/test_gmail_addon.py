@@ -278,6 +278,21 @@ def test_missing_scopes_are_requested(gclient: FlaskClient, google: LocalGoogle,
         "https://www.googleapis.com/auth/userinfo.email"]}}
 
 
+def test_a_scope_the_deployment_does_not_declare_is_not_asked_for(
+        database_url: str, google: LocalGoogle, gworld: World) -> None:
+    """With draftAccess NONE, does the message card explain instead of asking for metadata?"""
+    app = create_app(gmail_config(database_url, google.certs_url,
+                                  GMAIL_ADDON_DRAFT_ACCESS="NONE"))
+    try:
+        granted = [s for s in ALL_SCOPES if "metadata" not in s]
+        body = post(app.test_client(), google, "message",
+                    event(google, "rep@a.test", scopes=granted)).get_json()
+        assert "requesting_google_scopes" not in body
+        assert "GMAIL_ADDON_DRAFT_ACCESS=METADATA" in texts(body)
+    finally:
+        app.extensions["relay.engine"].dispose()
+
+
 def test_a_get_is_not_an_add_on_call(gclient: FlaskClient) -> None:
     """Is there only POST on the add-on paths (no query-string routing)?"""
     assert gclient.get("/gmail/home").status_code == 405

@@ -136,7 +136,9 @@ def verified_call(audience: str, scopes: tuple[str, ...], trigger: bool
     auth = event.get("authorizationEventObject") or {}
     granted = auth.get("authorizedScopes") if isinstance(auth, dict) else None
     if isinstance(granted, list):
-        missing = [s for s in scopes if s not in granted]
+        # Only scopes the deployment declares can be asked for (metadata may be off).
+        declared = deployment.oauth_scopes(current_app.config)
+        missing = [s for s in scopes if s not in granted and s in declared]
         if missing:
             return jsonify(cards.request_scopes(missing))
     user_token = auth.get("userIdToken") if isinstance(auth, dict) else None
@@ -297,7 +299,8 @@ def message_reply(call: AddOnCall) -> dict[str, Any]:
     except client.GmailApiError as exc:
         log.warning("gmail add-on: creating the reply draft failed: %s", exc)
         if exc.status == 403:
-            return cards.request_scopes([SCOPE_COMPOSE, SCOPE_METADATA])
+            return cards.request_scopes([SCOPE_COMPOSE, SCOPE_METADATA][
+                :2 if metadata_on(current_app.config) else 1])
         return cards.render_push(cards.notice_card(
             "Draft not created", f"Gmail refused the draft ({exc.status}); try again."))
     if outcome.busy:
