@@ -376,4 +376,5 @@ def admin_page() -> Any:
     return page("web/admin/gmail.html", user,
                 status=configuration_status(cfg), deployment_json=text,
                 deployment_url=deployment.public_url(cfg) + "/manifests/gmail-deployment.json",
+                logo_url=deployment.logo_url(cfg),
                 endpoints={k: endpoint_url(cfg, k) for k in ENDPOINTS})
