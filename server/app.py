@@ -52,6 +52,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if hasattr(module, "enrollments_bp"):
             app.register_blueprint(module.enrollments_bp)
 
+    from server.gmail import views as gmail_views
+
+    gmail_views.init_app(app)
+
     from server.web import campaigns as campaign_pages
     from server.web import templates_pages
 

@@ -7,11 +7,12 @@ from server.compose.models import Template
 from server.contacts.models import Contact
 from server.db import Base
 from server.feed.models import EventKind, FeedEvent
+from server.gmail.models import GmailReplyDraft
 from server.mail.models import ScheduledSend, SendStatus
 from server.tasks.models import Task, TaskStatus
 
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
-    "EventKind", "FeedEvent", "MicrosoftIdentity", "Org", "Role", "ScheduledSend", "SendStatus",
-    "Task", "TaskSendReport", "TaskStatus", "Template", "User",
+    "EventKind", "FeedEvent", "GmailReplyDraft", "MicrosoftIdentity", "Org", "Role",
+    "ScheduledSend", "SendStatus", "Task", "TaskSendReport", "TaskStatus", "Template", "User",
 ]

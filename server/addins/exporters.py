@@ -1,8 +1,8 @@
 """The registry of add-in deployment files: ``relay manifests export DIR`` writes them all.
 
 Each entry names a function ``export(config) -> {file name: bytes}`` (imported when used, so
-this module stays cheap to import). Another add-in registers its deployment file by adding a
-line here, e.g. ``"gmail": "server.gmail.deployment:export_files"``.
+this module stays cheap to import). Another add-in registers its deployment files by adding a
+line here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ Exporter = Callable[[Mapping[str, Any]], dict[str, bytes]]
 
 EXPORTERS: dict[str, str] = {
     "outlook": "server.addins.manifests:export_files",
+    "gmail": "server.gmail.deployment:export_files",
 }
 
 

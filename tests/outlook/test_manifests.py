@@ -267,8 +267,8 @@ def test_relay_manifests_export_writes_every_file(runner: Any, tmp_path: Path):
                            env={"PUBLIC_URL": "https://relay.example.com"},
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["outlook-app.zip", "outlook.json",
-                                                    "outlook.xml"]
+    assert sorted(p.name for p in out.iterdir()) == ["gmail-deployment.json", "outlook-app.zip",
+                                                    "outlook.json", "outlook.xml"]
     xml = (out / "outlook.xml").read_bytes()
     assert b"https://relay.example.com/addin/outlook/events.js" in xml
     bad = runner.invoke(main, ["manifests", "export", str(out), "--only", "lotus"])
