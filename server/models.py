@@ -7,10 +7,12 @@ from server.contacts.models import Contact
 from server.db import Base
 from server.feed.models import EventKind, FeedEvent
 from server.mail.models import ScheduledSend, SendStatus
+from server.salesforce.models import SalesforceConnection, SyncItem
 from server.tasks.models import Task, TaskStatus
 
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
-    "EventKind", "FeedEvent", "Org", "Role", "ScheduledSend", "SendStatus", "Task",
+    "EventKind", "FeedEvent", "Org", "Role", "SalesforceConnection", "ScheduledSend",
+    "SendStatus", "SyncItem", "Task",
     "TaskStatus", "Template", "User",
 ]
