@@ -88,6 +88,10 @@ class _TimeoutSession(requests.Session):
                 **kwargs: Any) -> requests.Response:
         """Send with the default timeout unless one is given."""
         kwargs.setdefault("timeout", TIMEOUT_SECONDS)
+        if isinstance(self.verify, str):
+            # A configured CA bundle wins over REQUESTS_CA_BUNDLE in the environment, which
+            # requests would otherwise prefer to the session's own setting.
+            kwargs.setdefault("verify", self.verify)
         return super().request(method, url, *args, **kwargs)
 
 

@@ -90,7 +90,7 @@ def tasks_created(session: Session, task_ids: Sequence[int], now: datetime) -> i
             ["org_id", "kind", "status", "external_key", "task_id", "due_at", "created_at",
              "updated_at", "attempts"], source).on_conflict_do_nothing(
             index_elements=["external_key"])
-        queued += session.execute(stmt).rowcount or 0
+        queued += max(session.execute(stmt).rowcount or 0, 0)
     return queued
 
 
@@ -115,8 +115,8 @@ def task_completed(session: Session, task_id: int, now: datetime) -> int:
     stmt = _insert(session).from_select(
         ["org_id", "kind", "status", "external_key", "task_id", "due_at", "created_at",
          "updated_at", "attempts"], source).on_conflict_do_nothing(
-        index_elements=["external_key"])
-    return session.execute(stmt).rowcount or 0
+        index_elements=["external_key"]).returning(SyncItem.id)
+    return len(session.execute(stmt).all())
 
 
 def _queue(session: Session, *, org_id: int, kind: SyncKind, key: str, now: datetime,
@@ -125,8 +125,9 @@ def _queue(session: Session, *, org_id: int, kind: SyncKind, key: str, now: date
     stmt = _insert(session).values(
         org_id=org_id, kind=kind, status=SyncStatus.PENDING, external_key=key, task_id=task_id,
         send_id=send_id, payload=payload, due_at=now, created_at=now, updated_at=now,
-        attempts=0).on_conflict_do_nothing(index_elements=["external_key"])
-    return session.execute(stmt).rowcount or 0
+        attempts=0).on_conflict_do_nothing(index_elements=["external_key"]
+                                           ).returning(SyncItem.id)
+    return len(session.execute(stmt).all())
 
 
 def email_sent(session: Session, source: ScheduledSend | Task, now: datetime, *,

@@ -349,9 +349,10 @@ def process(app: Flask, now: datetime, *, batch: int = 50,
         claims = leases.claim(s, SyncItem, ready=ready(now), order_by=SyncItem.id, now=now,
                               lease=LEASE, limit=batch,
                               values={"status": SyncStatus.CLAIMED, "updated_at": now})
-        orgs = dict(s.execute(select(SyncItem.id, SyncItem.org_id)
-                              .where(SyncItem.id.in_([c.id for c in claims]))).tuples().all()) \
-            if claims else {}
+        orgs: dict[int, int] = {
+            row_id: org_id for row_id, org_id in s.execute(
+                select(SyncItem.id, SyncItem.org_id)
+                .where(SyncItem.id.in_([c.id for c in claims])))} if claims else {}
     result.claimed = len(claims)
     by_org: dict[int, list[leases.Claim]] = {}
     for claim in claims:
