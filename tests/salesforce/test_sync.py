@@ -29,7 +29,7 @@ from tests.conftest import (
     make_user,
     task_step,
 )
-from tests.salesforce_helpers import connect, connection, fake_sf, items, sf_app  # noqa: F401
+from tests.salesforce.conftest import connect, connection, items
 
 
 def _world(session: Session, fake: FakeSalesforce, *, emails: tuple[str, ...] = ("ann@x.test",),
