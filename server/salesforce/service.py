@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 from server.api.errors import FieldError
 from server.errors import Invalid
 from server.salesforce import auth, secrets
-from server.salesforce.client import API_VERSION, SalesforceApi, SimpleSalesforceApi, http_session
+from server.salesforce.client import (
+    API_VERSION,
+    SalesforceApi,
+    SalesforceFailure,
+    SimpleSalesforceApi,
+    http_session,
+)
 from server.salesforce.mapping import template_errors
 from server.salesforce.models import (
     AuthKind,
@@ -187,3 +193,23 @@ def retry_problems(session: Session, org_id: int, now: datetime) -> int:
                SyncItem.status.in_([SyncStatus.UNMATCHED, SyncStatus.FAILED]))
         .values(status=SyncStatus.PENDING, due_at=now, reason=None, updated_at=now)
     ).rowcount
+
+
+def finish_connect(session: Session, config: Mapping[str, Any], org_id: int,
+                   tokens: auth.Tokens, *, kind: AuthKind, username: str | None,
+                   now: datetime) -> SalesforceConnection:
+    """Store a new connection and find out whether Task has Relay's external-id field."""
+    ring = secrets.keyring(config)
+    conn = get_connection(session, org_id, create=True, lock=True)
+    assert conn is not None
+    store_tokens(session, conn, ring, tokens, kind=kind, username=username, now=now)
+    try:
+        fields = api_for(config, conn, ring).external_id_fields()
+    except SalesforceFailure as exc:
+        # Not fatal: without the field, retries find Tasks by their CallObject marker.
+        log.warning("could not describe Task for org %s: %s", org_id, exc)
+        fields = []
+    if conn.external_id_field is None and EXTERNAL_ID_DEFAULT in fields:
+        conn.external_id_field = EXTERNAL_ID_DEFAULT
+    session.flush()
+    return conn
