@@ -69,6 +69,7 @@ class Failure:
     code: str | None = None
     drop_after: bool = False   # do the operation, then close the connection without answering
     hold: float = 0.0          # do the operation, then wait this long before answering
+    ok: bool = False           # answer normally (to let calls through before a failure)
 
 
 @dataclass
@@ -298,6 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _planned(self, op: str) -> Failure | None:
         failure = self.fake._take_failure(op)
+        if failure is not None and failure.ok:
+            return None
         if failure is None or failure.drop_after or failure.hold:
             return failure
         if failure.code == "REQUEST_LIMIT_EXCEEDED":

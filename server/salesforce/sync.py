@@ -346,8 +346,10 @@ def process(app: Flask, now: datetime, *, batch: int = 50,
     """Claim up to ``batch`` ready items and write them to Salesforce."""
     result = SyncResult()
     with session_scope(app) as s:
+        lease = timedelta(seconds=float(app.config.get("SALESFORCE_LEASE_SECONDS")
+                                        or LEASE.total_seconds()))
         claims = leases.claim(s, SyncItem, ready=ready(now), order_by=SyncItem.id, now=now,
-                              lease=LEASE, limit=batch,
+                              lease=lease, limit=batch,
                               values={"status": SyncStatus.CLAIMED, "updated_at": now})
         orgs: dict[int, int] = {
             row_id: org_id for row_id, org_id in s.execute(
