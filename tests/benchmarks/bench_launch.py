@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=10_000)
     parser.add_argument("--first", choices=("call", "email"), default="call",
                         help="first step: a call (tasks) or an at_time email (outbox rows)")
+    parser.add_argument("--salesforce", action="store_true",
+                        help="the org has a Salesforce connection that syncs reminder tasks, "
+                             "so every first-step task is queued in salesforce_sync")
     args = parser.parse_args()
 
     url = database_url()
@@ -148,6 +151,14 @@ def main() -> None:
     factory = sessionmaker(engine, expire_on_commit=False)
     with factory() as session:
         rep_id, templates, contacts = build_world(session, args.contacts)
+        if args.salesforce:
+            from server.salesforce.models import ConnectionStatus, SalesforceConnection
+
+            rep = session.get(User, rep_id)
+            assert rep is not None
+            session.add(SalesforceConnection(org_id=rep.org_id, sync_reminders=True,
+                                             status=ConnectionStatus.CONNECTED))
+            session.commit()
     steps = steps_for(args.first, templates)
     now = datetime.now(UTC)
     dsn = libpq_url(url)
@@ -168,7 +179,7 @@ def main() -> None:
         counts = conn.execute(text(
             "SELECT (SELECT count(*) FROM enrollment), (SELECT count(*) FROM enrollment_step), "
             "(SELECT count(*) FROM task), (SELECT count(*) FROM scheduled_send), "
-            "(SELECT count(*) FROM feed_event)")).one()
+            "(SELECT count(*) FROM feed_event), (SELECT count(*) FROM salesforce_sync)")).one()
     engine.dispose()
     n = args.contacts
     print()
@@ -181,7 +192,8 @@ def main() -> None:
     print(f"  ratio launch / COPY (medians): {median(launches) / median(copies):.2f}x")
     print(f"  target: launch < 2000 ms -> {'met' if median(launches) < 2 else 'NOT met'}")
     print(f"  rows in the database: enrollment {counts[0]:,}, enrollment_step {counts[1]:,}, "
-          f"task {counts[2]:,}, scheduled_send {counts[3]:,}, feed_event {counts[4]:,}")
+          f"task {counts[2]:,}, scheduled_send {counts[3]:,}, feed_event {counts[4]:,}, "
+          f"salesforce_sync {counts[5]:,}")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def _worker(app: Flask, fake: FakeSalesforce, log: Path) -> subprocess.Popen[byt
 @pytest.mark.skipif(not PG_URL, reason="several worker processes need PostgreSQL")
 def test_worker_killed_mid_batch_then_restarted_creates_each_task_once(
         sf_app: Flask, session: Session, fake_sf: FakeSalesforce, tmp_path: Path):
-    """SIGKILL a worker while Salesforce is answering its 3rd create; does a restart finish
-    the batch with exactly one Salesforce Task per Relay task?"""
+    """Killed mid-batch and restarted: is each Salesforce Task created exactly once?
+
+    The first worker is SIGKILLed while Salesforce holds the answer to its third create (the
+    Task exists, its Id is not stored); the second takes over once the leases run out.
+    """
     now = utcnow()
     org = make_org(session)
     rep = make_user(session, org, "rep@a.test")
