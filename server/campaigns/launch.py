@@ -196,7 +196,7 @@ def launch(session: Session, user: User, campaign: Campaign, contact_ids: Sequen
             _attach_ids(model, feed, queue_ids)
         record_many(session, feed)
     if model is Task and queue_ids:
-        salesforce.tasks_created(session, queue_ids, now)  # Salesforce sync (issue 7)
+        salesforce.tasks_created(session, queue_ids, now, org_id=user.org_id)  # issue 7
     session.flush()
     return result
 

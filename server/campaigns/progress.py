@@ -162,7 +162,7 @@ def advance(session: Session, enrollment_id: int, now: datetime) -> None:
     session.add(obj)
     session.flush()
     if model is Task:
-        salesforce.tasks_created(session, [obj.id], now)  # Salesforce sync (issue 7)
+        salesforce.task_created(session, obj.id, now, org_id=obj.org_id)  # issue 7
     feed["data"][("task_id" if model is Task else "send_id")] = obj.id
     record_many(session, [feed])
 

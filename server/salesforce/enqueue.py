@@ -61,13 +61,15 @@ def task_key(task_id: int) -> str:
     return f"task-{task_id}"
 
 
-def tasks_created(session: Session, task_ids: Sequence[int], now: datetime) -> int:
+def tasks_created(session: Session, task_ids: Sequence[int], now: datetime, *,
+                  org_id: int | None = None) -> int:
     """Queue a Salesforce Task for each new campaign task of a syncing org; how many queued.
 
     One ``INSERT … SELECT`` for all of ``task_ids`` (chunked on SQLite): email tasks always
     sync, call/InMail/custom reminder tasks only when the org turned ``sync_reminders`` on.
+    Given the tasks' ``org_id``, an org that does not sync costs one indexed look-up.
     """
-    if not task_ids:
+    if not task_ids or (org_id is not None and not _org_syncs(session, org_id)):
         return 0
     pg = session.get_bind().dialect.name == "postgresql"
     key = literal("task-", String) + cast(Task.id, String)
@@ -94,9 +96,10 @@ def tasks_created(session: Session, task_ids: Sequence[int], now: datetime) -> i
     return queued
 
 
-def task_created(session: Session, task_id: int, now: datetime) -> int:
+def task_created(session: Session, task_id: int, now: datetime, *,
+                 org_id: int | None = None) -> int:
     """Queue the Salesforce Task of one new campaign task (see :func:`tasks_created`)."""
-    return tasks_created(session, [task_id], now)
+    return tasks_created(session, [task_id], now, org_id=org_id)
 
 
 def task_completed(session: Session, task_id: int, now: datetime) -> int:
