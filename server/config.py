@@ -23,6 +23,7 @@ ENV_VARS: dict[str, str | None] = {
     "SALESFORCE_CLIENT_SECRET": None,
     "SALESFORCE_LOGIN_URL": "https://login.salesforce.com",
     "SALESFORCE_JWT_KEY_FILE": None,
+    "SALESFORCE_JWT_AUDIENCE": None,
     "SALESFORCE_CA_BUNDLE": None,
     "SALESFORCE_API_VERSION": "59.0",
     "SALESFORCE_POLL_SECONDS": "60",

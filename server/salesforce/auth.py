@@ -120,7 +120,11 @@ def refresh(http: requests.Session, login_url: str, client_id: str, client_secre
 
 
 def jwt_bearer(http: requests.Session, login_url: str, client_id: str, username: str,
-               private_key_pem: str, now: datetime) -> Tokens:
-    """An access token for an integration user by the JWT bearer flow (no refresh token)."""
-    assertion = jwt_assertion(client_id, username, login_url, private_key_pem, now)
+               private_key_pem: str, now: datetime, audience: str | None = None) -> Tokens:
+    """An access token for an integration user by the JWT bearer flow (no refresh token).
+
+    ``audience`` defaults to the login URL (``https://login.salesforce.com``, or
+    ``https://test.salesforce.com`` for a sandbox).
+    """
+    assertion = jwt_assertion(client_id, username, audience or login_url, private_key_pem, now)
     return _token_request(http, login_url, {"grant_type": JWT_GRANT, "assertion": assertion})

@@ -135,7 +135,8 @@ def connect_jwt() -> Any:
         tokens = auth.jwt_bearer(http_session(cfg.get("SALESFORCE_CA_BUNDLE")),
                                  str(cfg["SALESFORCE_LOGIN_URL"]),
                                  str(cfg["SALESFORCE_CLIENT_ID"]), username,
-                                 service.jwt_private_key(cfg), utcnow())
+                                 service.jwt_private_key(cfg), utcnow(),
+                                 cfg.get("SALESFORCE_JWT_AUDIENCE"))
     except auth.TokenError as exc:
         flash(f"Salesforce did not connect: {exc}")
         return redirect(url_for("salesforce_admin.admin_page"))

@@ -134,7 +134,8 @@ def fresh_tokens(config: Mapping[str, Any], conn: SalesforceConnection,
         if not conn.username:
             raise auth.TokenError("no_user", "the connection has no integration user")
         return auth.jwt_bearer(http, login_url, str(config["SALESFORCE_CLIENT_ID"]),
-                               conn.username, jwt_private_key(config), now)
+                               conn.username, jwt_private_key(config), now,
+                               config.get("SALESFORCE_JWT_AUDIENCE"))
     if not conn.refresh_token:
         raise auth.TokenError("no_refresh_token", "connect again to grant offline access")
     return auth.refresh(http, login_url, str(config["SALESFORCE_CLIENT_ID"]),

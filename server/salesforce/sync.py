@@ -240,9 +240,11 @@ def _attempt(org: _Org, claim: leases.Claim, now: datetime) -> Outcome | None:
         if item.kind is SyncKind.TASK:
             if task is None:
                 return Outcome(SyncStatus.SKIPPED, reason="the task no longer exists")
-            if task.status is TaskStatus.CANCELLED and item.sf_id is None:
-                return Outcome(SyncStatus.SKIPPED, reason="the task was cancelled before it "
-                                                          "synced")
+            if task.status in (TaskStatus.CANCELLED, TaskStatus.SKIPPED) and item.sf_id is None:
+                # Skipped or cancelled before it reached Salesforce: an open Task there would
+                # never be closed.
+                return Outcome(SyncStatus.SKIPPED,
+                               reason=f"the task was {task.status.value} before it synced")
             contact = s.get(Contact, task.contact_id)
             owner = s.get(User, task.owner_id)
             campaign = s.get(Campaign, task.campaign_id)

@@ -449,3 +449,43 @@ def test_rejected_record_fails_with_its_reason(
     [item] = items(session)
     assert item.status is SyncStatus.FAILED
     assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in (item.reason or "")
+
+
+def test_task_skipped_before_it_synced_is_not_created(
+        sf_app: Flask, session: Session, fake_sf: FakeSalesforce, now: datetime):
+    """Is a task skipped before the worker reached it left out of Salesforce?"""
+    org, rep, contacts, campaign = _world(session, fake_sf)
+    connect(sf_app, fake_sf, org.id, now)
+    _launch(sf_app, rep.id, campaign.id, [contacts[0].id], now)
+    task = session.scalars(select(Task)).one()
+    skip_task(session, rep, task.id, now=now)
+    session.commit()
+    sync.process(sf_app, now)
+    first = items(session)[0]
+    assert (first.task_id, first.status, first.reason) == (
+        task.id, SyncStatus.SKIPPED, "the task was skipped before it synced")
+    assert all(t["CallObject"] != f"relay:task-{task.id}" for t in fake_sf.tasks())
+
+
+def test_bulk_launch_queues_with_one_statement(
+        sf_app: Flask, session: Session, fake_sf: FakeSalesforce, now: datetime):
+    """Does launching many people queue their Salesforce Tasks in one INSERT, not a loop?"""
+    from sqlalchemy import event
+
+    emails = tuple(f"p{i}@x.test" for i in range(40))
+    org, rep, contacts, campaign = _world(session, fake_sf, emails=emails, in_salesforce=False)
+    connect(sf_app, fake_sf, org.id, now)
+    statements: list[str] = []
+    engine = sf_app.extensions["relay.engine"]
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "salesforce_sync" in statement and statement.lstrip().upper().startswith("INSERT"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        _launch(sf_app, rep.id, campaign.id, [c.id for c in contacts], now)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(statements) == 1 and "SELECT" in statements[0].upper()
+    assert len(items(session)) == 40
