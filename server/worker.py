@@ -1,7 +1,8 @@
 """``relay worker``: the background loop that makes due work happen.
 
-For now it starts people whose scheduled start has come, which makes their first task appear
-or schedules their first email. The email dispatcher and CRM sync join this loop later.
+It starts people whose scheduled start has come, which makes their first task appear or
+schedules their first email, and drains the Salesforce sync outbox (issue 7). The email
+dispatcher joins this loop later.
 """
 
 from __future__ import annotations
