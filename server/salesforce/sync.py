@@ -18,6 +18,7 @@ Salesforce refuses (400) is ``failed`` with its reason; a person with no Contact
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -347,6 +348,7 @@ def process(app: Flask, now: datetime, *, batch: int = 50,
             factory: ClientFactory = api_for) -> SyncResult:
     """Claim up to ``batch`` ready items and write them to Salesforce."""
     result = SyncResult()
+    started = time.monotonic()
     with session_scope(app) as s:
         lease = timedelta(seconds=float(app.config.get("SALESFORCE_LEASE_SECONDS")
                                         or LEASE.total_seconds()))
@@ -362,12 +364,26 @@ def process(app: Flask, now: datetime, *, batch: int = 50,
     for claim in claims:
         by_org.setdefault(orgs[claim.id], []).append(claim)
     for org_id, held in by_org.items():
-        _process_org(app, org_id, held, now, factory, result)
+        _process_org(app, org_id, held, now, factory, result, lease, started)
     return result
 
 
+def _renew(app: Flask, claim: leases.Claim, now: datetime, lease: timedelta,
+           started: float) -> bool:
+    """Extend an item's lease just before working on it; False if it is no longer ours.
+
+    The pass's ``now`` is advanced by the time the pass has spent so far, so a slow batch
+    never starts an item whose lease has run out (another worker may hold it by then), and
+    every item starts with a whole lease ahead of its Salesforce calls.
+    """
+    current = now + timedelta(seconds=time.monotonic() - started)
+    with session_scope(app) as s:
+        return leases.fenced_update(s, SyncItem, claim, now=current, values={}, extend=lease)
+
+
 def _process_org(app: Flask, org_id: int, held: list[leases.Claim], now: datetime,
-                 factory: ClientFactory, result: SyncResult) -> None:
+                 factory: ClientFactory, result: SyncResult, lease: timedelta,
+                 started: float) -> None:
     try:
         org = _Org(app, org_id, now, factory)
     except _Stop as stop:
@@ -376,6 +392,9 @@ def _process_org(app: Flask, org_id: int, held: list[leases.Claim], now: datetim
         result.errors.append(stop.reason)
         return
     for i, claim in enumerate(held):
+        if not _renew(app, claim, now, lease, started):
+            log.warning("sync item %s: lease lost before it was worked on", claim.id)
+            continue
         try:
             outcome = _attempt(org, claim, now)
         except _Stop as stop:

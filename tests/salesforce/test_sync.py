@@ -489,3 +489,28 @@ def test_bulk_launch_queues_with_one_statement(
         event.remove(engine, "before_cursor_execute", capture)
     assert len(statements) == 1 and "SELECT" in statements[0].upper()
     assert len(items(session)) == 40
+
+
+def test_a_slow_pass_does_not_start_an_item_whose_lease_ran_out(
+        sf_app: Flask, session: Session, fake_sf: FakeSalesforce, now: datetime):
+    """After a pass has spent longer than the lease, is a re-claimed item left to its owner?"""
+    import time as clock
+
+    org, rep, contacts, campaign = _world(session, fake_sf)
+    connect(sf_app, fake_sf, org.id, now)
+    _launch(sf_app, rep.id, campaign.id, [contacts[0].id], now)
+    with session_scope(sf_app) as s:
+        [mine] = leases.claim(s, SyncItem, ready=sync.ready(now), order_by=SyncItem.id,
+                              now=now, lease=sync.LEASE, limit=1,
+                              values={"status": SyncStatus.CLAIMED})
+    # Early in the pass the lease is renewed for a whole lease ahead.
+    assert sync._renew(sf_app, mine, now, sync.LEASE, clock.monotonic())
+    later = now + 2 * sync.LEASE
+    with session_scope(sf_app) as s:
+        [theirs] = leases.claim(s, SyncItem, ready=sync.ready(later), order_by=SyncItem.id,
+                                now=later, lease=sync.LEASE, limit=1,
+                                values={"status": SyncStatus.CLAIMED})
+    # A pass that started at `now` and has run for 2.5 leases must not touch it.
+    spent = clock.monotonic() - 2.5 * sync.LEASE.total_seconds()
+    assert not sync._renew(sf_app, mine, now, sync.LEASE, spent)
+    assert sync._renew(sf_app, theirs, later, sync.LEASE, clock.monotonic())
