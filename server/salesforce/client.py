@@ -52,6 +52,10 @@ class SalesforceApi(Protocol):
         """The Id of the Contact, else the unconverted Lead, with this email (None: no match)."""
         ...
 
+    def find_user(self, email: str) -> str | None:
+        """The Id of the active Salesforce User with this email (None: none)."""
+        ...
+
     def create_task(self, fields: dict[str, Any]) -> str:
         """Create a Task; its Id."""
         ...
@@ -167,6 +171,11 @@ class SimpleSalesforceApi:
         return self._first_id(format_soql(
             "SELECT Id FROM Lead WHERE Email = {} AND IsConverted = false "
             "ORDER BY CreatedDate LIMIT 1", email))
+
+    def find_user(self, email: str) -> str | None:
+        """The active User with this email (the rep's own Salesforce user)."""
+        return self._first_id(format_soql(
+            "SELECT Id FROM User WHERE Email = {} AND IsActive = true LIMIT 1", email))
 
     def create_task(self, fields: dict[str, Any]) -> str:
         """POST sobjects/Task."""

@@ -77,7 +77,7 @@ class FakeState:
     """Everything the fake holds; tests read and change it directly."""
 
     records: dict[str, dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: {"Task": {}, "Contact": {}, "Lead": {}})
+        default_factory=lambda: {"Task": {}, "Contact": {}, "Lead": {}, "User": {}})
     valid_tokens: set[str] = field(default_factory=set)
     refresh_tokens: set[str] = field(default_factory=set)
     auth_codes: dict[str, str] = field(default_factory=dict)  # code -> PKCE challenge
@@ -243,16 +243,17 @@ class FakeSalesforce:
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         """Answer the SOQL the sync sends (by-field equality, and the completions poll)."""
-        m = re.fullmatch(r"SELECT Id FROM (Contact|Lead|Task) WHERE (\w+) = '((?:[^'\\]|\\.)*)'"
-                         r"(?: AND IsConverted = false)?(?: ORDER BY CreatedDate)? LIMIT 1",
-                         soql)
+        m = re.fullmatch(r"SELECT Id FROM (Contact|Lead|Task|User) WHERE (\w+) = "
+                         r"'((?:[^'\\]|\\.)*)'(?: AND IsConverted = false)?"
+                         r"(?: AND IsActive = true)?(?: ORDER BY CreatedDate)? LIMIT 1", soql)
         if m:
             sobject, fld, raw = m.groups()
             value = re.sub(r"\\(.)", lambda x: {"n": "\n", "r": "\r", "t": "\t"}.get(
                 x.group(1), x.group(1)), raw)
             rows = [r for r in self.state.records[sobject].values()
                     if str(r.get(fld, "")).lower() == value.lower()
-                    and not (sobject == "Lead" and r.get("IsConverted"))]
+                    and not (sobject == "Lead" and r.get("IsConverted"))
+                    and not (sobject == "User" and r.get("IsActive") is False)]
             return [{"attributes": {"type": sobject}, "Id": r["Id"]} for r in rows[:1]]
         m = re.fullmatch(r"SELECT Id, Status, SystemModstamp FROM Task WHERE SystemModstamp > "
                          r"(\S+) AND Status = 'Completed' ORDER BY SystemModstamp", soql)

@@ -121,6 +121,7 @@ class _Org:
         self.ring = secrets.keyring(app.config)
         self.refreshed = False
         self.whos: dict[str, str | None] = {}
+        self.users: dict[str, str | None] = {}
         with session_scope(app) as s:
             conn = s.scalar(select(SalesforceConnection)
                             .where(SalesforceConnection.org_id == org_id))
@@ -189,6 +190,19 @@ class _Org:
             self.whos[key] = self.call(lambda api: api.find_person(email))
         return self.whos[key]
 
+    def owner(self, email: str | None) -> str | None:
+        """The rep's own Salesforce User Id (the Task's OwnerId), looked up once per pass.
+
+        None when the rep has no active Salesforce user: the Task then belongs to the user
+        who connected the org.
+        """
+        if not email:
+            return None
+        key = email.lower()
+        if key not in self.users:
+            self.users[key] = self.call(lambda api: api.find_user(email))
+        return self.users[key]
+
     def limited_back_to_connected(self) -> None:
         """After a successful call, an org paused for its API limit is connected again."""
         if self.conn.status is ConnectionStatus.API_LIMIT:
@@ -256,6 +270,7 @@ def _attempt(org: _Org, claim: leases.Claim, now: datetime) -> Outcome | None:
                 activity_subject=task.title, sales_campaign_name=campaign.name,
                 sales_campaign_day=task.day, sales_campaign_step=task.step_in_day)
             details, priority, due_at, tz = task.notes, task.priority, task.due_at, owner.timezone
+            rep_email: str | None = owner.email
         else:
             contact_id = payload.get("contact_id") or (task.contact_id if task else None)
             owner_id = payload.get("owner_id") or (task.owner_id if task else None)
@@ -263,6 +278,7 @@ def _attempt(org: _Org, claim: leases.Claim, now: datetime) -> Outcome | None:
             owner = s.get(User, owner_id) if owner_id else None
             email = contact.email if contact is not None else None
             tz = owner.timezone if owner is not None else "UTC"
+            rep_email = owner.email if owner is not None else None
             campaign_id = payload.get("campaign_id") or (task.campaign_id if task else None)
             campaign = s.get(Campaign, campaign_id) if campaign_id else None
         linked_state = (linked.status, linked.sf_id, linked.remote_completed_at) \
@@ -286,9 +302,12 @@ def _attempt(org: _Org, claim: leases.Claim, now: datetime) -> Outcome | None:
     if who is None:
         return Outcome(SyncStatus.UNMATCHED,
                        reason=f"no Salesforce Contact or Lead has the email {email or '(none)'}")
+    owner_sf_id = org.owner(rep_email)
+    owned = {"OwnerId": owner_sf_id} if owner_sf_id else {}
     if item.kind is SyncKind.TASK:
         fields = mapping.task_fields(template=template, activity=activity, details=details,
                                      priority=priority, due_at=due_at, tz=tz, who_id=who)
+        fields.update(owned)
         return Outcome(SyncStatus.DONE, sf_id=_create(org, item, fields), who_id=who)
 
     at = datetime.fromisoformat(payload["at"])
@@ -296,6 +315,7 @@ def _attempt(org: _Org, claim: leases.Claim, now: datetime) -> Outcome | None:
         fields = mapping.reply_fields(subject=payload.get("subject") or "",
                                       body_text=payload.get("excerpt"), received_at=at, tz=tz,
                                       who_id=who)
+        fields.update(owned)
         return Outcome(SyncStatus.DONE, sf_id=_create(org, item, fields), who_id=who)
 
     activity = mapping.Activity(
@@ -305,6 +325,7 @@ def _attempt(org: _Org, claim: leases.Claim, now: datetime) -> Outcome | None:
     fields = mapping.email_fields(template=template, activity=activity,
                                   body_text=payload.get("excerpt"), sent_at=at, tz=tz,
                                   who_id=who)
+    fields.update(owned)
     if linked_state is not None:
         status, sf_id, _remote = linked_state
         if status in (SyncStatus.PENDING, SyncStatus.CLAIMED):
@@ -312,7 +333,7 @@ def _attempt(org: _Org, claim: leases.Claim, now: datetime) -> Outcome | None:
                            due_at=now + WAIT_FOR_TASK)
         if status is SyncStatus.DONE and sf_id is not None:
             # The email task's own Salesforce Task becomes the email activity.
-            changes = {k: v for k, v in fields.items() if k != "WhoId"}
+            changes = {k: v for k, v in fields.items() if k not in ("WhoId", "OwnerId")}
             org.call(lambda api: api.update_task(sf_id, changes), item.attempts)
             return Outcome(SyncStatus.DONE, sf_id=sf_id, who_id=who)
     return Outcome(SyncStatus.DONE, sf_id=_create(org, item, fields), who_id=who)

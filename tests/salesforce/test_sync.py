@@ -65,6 +65,7 @@ def test_campaign_task_becomes_one_salesforce_task_with_mapped_fields(
     connect(sf_app, fake_sf, org.id, now, subject_template=(
         "{{activity_type}} - {{activity_subject}} [{{sales_campaign_name}} "
         "d{{sales_campaign_day}}s{{sales_campaign_step}}]"))
+    rep_user = fake_sf.add("User", Email="REP@a.test", IsActive=True)
     _launch(sf_app, rep.id, campaign.id, [contacts[0].id], now)
     task = session.scalars(select(Task)).one()
     task.notes = "Ask about the budget\nand the timeline"
@@ -82,6 +83,7 @@ def test_campaign_task_becomes_one_salesforce_task_with_mapped_fields(
         __import__("zoneinfo").ZoneInfo("America/New_York")).date().isoformat()
     assert sf_task["Description"] == "Ask about the budget\nand the timeline"
     assert sf_task["WhoId"] == who
+    assert sf_task["OwnerId"] == rep_user  # the rep's own Salesforce user
     assert sf_task["CallObject"] == f"relay:task-{task.id}"
     [item] = items(session)
     assert (item.status, item.sf_id, item.who_id) == (SyncStatus.DONE, sf_task["Id"], who)
@@ -99,6 +101,7 @@ def test_activity_date_is_the_due_date_in_the_reps_zone(
     sync.run(sf_app, early)
     assert session.scalars(select(Task)).one().due_at.date().isoformat() == "2026-11-24"
     assert fake_sf.tasks()[0]["ActivityDate"] == "2026-11-23"
+    assert "OwnerId" not in fake_sf.tasks()[0]  # no Salesforce user: the connecting user's
 
 
 def test_reminder_tasks_are_off_by_default_and_email_tasks_always_sync(
