@@ -214,3 +214,22 @@ def finish_connect(session: Session, config: Mapping[str, Any], org_id: int,
         conn.external_id_field = EXTERNAL_ID_DEFAULT
     session.flush()
     return conn
+
+
+def reseal_tokens(session: Session, ring: secrets.Keyring) -> int:
+    """Re-encrypt every stored Salesforce token with the newest key (after a key rotation).
+
+    Returns how many values changed; values already under the newest key are left alone, so
+    running it twice changes nothing the second time. Old keys can be removed afterwards.
+    """
+    changed = 0
+    for conn in session.scalars(select(SalesforceConnection).with_for_update()):
+        for attr in ("access_token", "refresh_token"):
+            value = getattr(conn, attr)
+            if value:
+                new = secrets.reseal(ring, value)
+                if new != value:
+                    setattr(conn, attr, new)
+                    changed += 1
+    session.flush()
+    return changed

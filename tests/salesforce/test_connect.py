@@ -197,3 +197,27 @@ def _contact(session: Session, world: World) -> int:
     contact = make_contact(session, world.rep, "nobody@x.test")
     session.commit()
     return contact.id
+
+
+def test_reseal_command_moves_tokens_to_the_newest_key(sf_app: Flask, world: World,
+                                                        session: Session, runner,
+                                                        database_url: str,
+                                                        fake_sf: FakeSalesforce, now: datetime):
+    """After a new key is put first, does `relay salesforce reseal` move every token to it?"""
+    from server.cli import main
+    from server.salesforce import secrets
+
+    connect(sf_app, fake_sf, world.org.id, now)  # sealed with test-key-1
+    env = {"DATABASE_URL": database_url, "ENCRYPTION_KEYS": "test-key-2,test-key-1"}
+    result = runner.invoke(main, ["salesforce", "reseal"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("2 tokens resealed with key ")
+    only_new = secrets.keyring({"ENCRYPTION_KEYS": "test-key-2"})
+    conn = connection(session, world.org.id)
+    assert secrets.open_sealed(only_new, conn.access_token) in fake_sf.state.valid_tokens
+    assert secrets.open_sealed(only_new, conn.refresh_token) in fake_sf.state.refresh_tokens
+    again = runner.invoke(main, ["salesforce", "reseal"], env=env, catch_exceptions=False)
+    assert again.output.startswith("0 tokens resealed")
+    missing = runner.invoke(main, ["salesforce", "reseal"],
+                            env={"DATABASE_URL": database_url, "ENCRYPTION_KEYS": "other"})
+    assert missing.exit_code == 1 and "keep the old key" in missing.output
