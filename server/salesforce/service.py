@@ -149,7 +149,11 @@ def jwt_private_key(config: Mapping[str, Any]) -> str:
     if not path:
         raise auth.TokenError("no_key", "set SALESFORCE_JWT_KEY_FILE to the connected app's "
                                         "private key (PEM)")
-    return Path(str(path)).read_text()
+    try:
+        return Path(str(path)).read_text()
+    except OSError as exc:
+        raise auth.TokenError("no_key", f"cannot read SALESFORCE_JWT_KEY_FILE: "
+                                        f"{exc.strerror}") from None
 
 
 def api_for(config: Mapping[str, Any], conn: SalesforceConnection,

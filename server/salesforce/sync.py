@@ -143,6 +143,8 @@ class _Org:
     def _refresh(self) -> None:
         try:
             tokens = fresh_tokens(self.app.config, self.conn, self.ring, self.now)
+        except secrets.SecretsError as exc:
+            self._needs_reauth(f"the stored refresh token cannot be opened: {exc}")
         except TokenError as exc:
             if exc.transient:
                 raise _Stop(f"token refresh failed: {exc}", self.now + mapping.backoff(1)) \
