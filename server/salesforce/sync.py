@@ -149,7 +149,7 @@ class _Org:
             if exc.transient:
                 raise _Stop(f"token refresh failed: {exc}", self.now + mapping.backoff(1)) \
                     from None
-            self._needs_reauth(f"the session expired and could not be refreshed: {exc.error}")
+            self._needs_reauth(f"the session expired and could not be refreshed: {exc}")
         with session_scope(self.app) as s:
             conn = s.get(SalesforceConnection, self.conn.id, with_for_update=True)
             assert conn is not None

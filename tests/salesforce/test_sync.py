@@ -517,3 +517,23 @@ def test_a_slow_pass_does_not_start_an_item_whose_lease_ran_out(
     spent = clock.monotonic() - 2.5 * sync.LEASE.total_seconds()
     assert not sync._renew(sf_app, mine, now, sync.LEASE, spent)
     assert sync._renew(sf_app, theirs, later, sync.LEASE, clock.monotonic())
+
+
+def test_unreadable_jwt_key_needs_reauth_and_keeps_items(
+        sf_app: Flask, session: Session, fake_sf: FakeSalesforce, now: datetime, tmp_path):
+    """When a JWT session expires and the key file is gone, is the org "needs re-auth"?"""
+    from server.salesforce.models import AuthKind, SalesforceConnection
+
+    org, rep, contacts, campaign = _world(session, fake_sf)
+    connect(sf_app, fake_sf, org.id, now, with_refresh=False)
+    with session_scope(sf_app) as s:
+        conn = s.scalar(select(SalesforceConnection))
+        conn.auth_kind, conn.username = AuthKind.JWT, "integration@acme.test"
+    sf_app.config["SALESFORCE_JWT_KEY_FILE"] = str(tmp_path / "missing.key")
+    _launch(sf_app, rep.id, campaign.id, [contacts[0].id], now)
+    fake_sf.expire_tokens()
+    assert sync.run(sf_app, now).retried == 1
+    conn = connection(session, org.id)
+    assert conn.status is ConnectionStatus.NEEDS_REAUTH
+    assert "cannot read SALESFORCE_JWT_KEY_FILE" in (conn.status_reason or "")
+    assert [i.status for i in items(session)] == [SyncStatus.PENDING]
