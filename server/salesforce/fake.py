@@ -4,7 +4,7 @@ It speaks HTTPS on 127.0.0.1 with a certificate it makes for itself (``simple-sa
 always builds ``https://`` URLs), stores records in memory, answers the queries the sync
 sends, and fails on demand: a status with a Salesforce error body, REQUEST_LIMIT_EXCEEDED,
 INVALID_SESSION_ID, a dropped connection after a Task was created, or a held response (to kill
-a worker mid-call). Tests and ``relay demo`` use it; it says so in the log when started.
+a worker mid-call). The tests use it; it says so in the log when started.
 """
 
 from __future__ import annotations
