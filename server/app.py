@@ -68,6 +68,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     outlook_views.init_app(app)
     app.register_blueprint(outlook_admin.bp)
 
+    from server.salesforce import pages as salesforce_pages
+    from server.salesforce import views as salesforce_views
+
+    app.register_blueprint(salesforce_views.bp)
+    app.register_blueprint(salesforce_pages.bp)
+
     @app.get("/openapi.json")
     def openapi() -> Any:
         """The OpenAPI 3.1 document of every /api endpoint."""

@@ -193,3 +193,9 @@ def demo(host: str, port: int, no_serve: bool) -> None:
     from server.demo import run_demo
 
     run_demo(_app(), host=host, port=port, serve=not no_serve)
+
+
+# Salesforce commands (issue 7) live with their package.
+from server.salesforce.cli import group as _salesforce_group  # noqa: E402
+
+main.add_command(_salesforce_group)

@@ -34,6 +34,11 @@ ENV_VARS: dict[str, str | None] = {
     "SALESFORCE_CLIENT_ID": None,
     "SALESFORCE_CLIENT_SECRET": None,
     "SALESFORCE_LOGIN_URL": "https://login.salesforce.com",
+    "SALESFORCE_JWT_KEY_FILE": None,
+    "SALESFORCE_JWT_AUDIENCE": None,
+    "SALESFORCE_CA_BUNDLE": None,
+    "SALESFORCE_API_VERSION": "59.0",
+    "SALESFORCE_POLL_SECONDS": "60",
     "MAIL_TRANSPORT": "outbox",
     "RELAY_ENV": "development",
     "FEED_STREAM_SECONDS": "25",
@@ -69,6 +74,7 @@ def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> d
     cfg["SESSION_COOKIE_SECURE"] = str(cfg["PUBLIC_URL"]).startswith("https://")
     cfg["FEED_STREAM_SECONDS"] = float(cfg["FEED_STREAM_SECONDS"])
     cfg["WORKER_POLL_SECONDS"] = float(cfg["WORKER_POLL_SECONDS"])
+    cfg["SALESFORCE_POLL_SECONDS"] = float(cfg["SALESFORCE_POLL_SECONDS"])
     return cfg
 
 

@@ -9,10 +9,12 @@ from server.db import Base
 from server.feed.models import EventKind, FeedEvent
 from server.gmail.models import GmailReplyDraft
 from server.mail.models import ScheduledSend, SendStatus
+from server.salesforce.models import SalesforceConnection, SyncItem
 from server.tasks.models import Task, TaskStatus
 
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
     "EventKind", "FeedEvent", "GmailReplyDraft", "MicrosoftIdentity", "Org", "Role",
-    "ScheduledSend", "SendStatus", "Task", "TaskSendReport", "TaskStatus", "Template", "User",
+    "SalesforceConnection", "ScheduledSend", "SendStatus", "SyncItem", "Task", "TaskSendReport",
+    "TaskStatus", "Template", "User",
 ]

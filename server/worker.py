@@ -1,7 +1,8 @@
 """``relay worker``: the background loop that makes due work happen.
 
-For now it starts people whose scheduled start has come, which makes their first task appear
-or schedules their first email. The email dispatcher and CRM sync join this loop later.
+It starts people whose scheduled start has come, which makes their first task appear or
+schedules their first email, and drains the Salesforce sync outbox (issue 7). The email
+dispatcher joins this loop later.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from flask import Flask
 
@@ -24,6 +26,7 @@ class TickResult:
     """What one pass of the worker did."""
 
     started: int = 0
+    salesforce: Any = None  # server.salesforce.sync.SyncResult (issue 7)
 
 
 def tick(app: Flask, now: datetime | None = None, *, batch: int = 500) -> TickResult:
@@ -43,7 +46,20 @@ def tick(app: Flask, now: datetime | None = None, *, batch: int = 500) -> TickRe
             break
     if result.started:
         log.info("started %d people whose campaign start had come", result.started)
+    result.salesforce = _salesforce(app, now)
     return result
+
+
+def _salesforce(app: Flask, now: datetime) -> Any:
+    """Write queued activities to Salesforce and read completions back (issue 7)."""
+    from server.salesforce import sync
+
+    done = sync.run(app, now)
+    if done.claimed or done.completed_back:
+        log.info("salesforce: %d claimed, %d synced, %d retried later, %d unmatched, "
+                 "%d failed, %d completed from Salesforce", done.claimed, done.done,
+                 done.retried, done.unmatched, done.failed, done.completed_back)
+    return done
 
 
 def run(app: Flask, stop: threading.Event | None = None, *, once: bool = False) -> None:

@@ -32,6 +32,7 @@ from server.errors import Conflict, Invalid
 from server.feed.models import EventKind, FeedEvent
 from server.feed.service import record_many
 from server.mail.models import ScheduledSend
+from server.salesforce import enqueue as salesforce
 from server.tasks.models import Task
 
 MAX_CONTACTS = 50_000
@@ -132,6 +133,7 @@ def launch(session: Session, user: User, campaign: Campaign, contact_ids: Sequen
                             owner_id=user.id, start_at=start, send_at=send_at, status=status,
                             created_at=now) for c in new_ids]
     later = campaign.steps[1:]
+    queue_ids: Sequence[int] = []
 
     def first_step_rows() -> list[dict[str, Any]]:
         return [dict(enrollment_id=e, position=0, status=first_status,
@@ -188,10 +190,13 @@ def launch(session: Session, user: User, campaign: Campaign, contact_ids: Sequen
             session.execute(insert(EnrollmentStep), later_rows)
         rows, feed = events()
         if rows:
-            _attach_ids(model, feed, session.execute(
+            queue_ids = session.execute(
                 insert(model).returning(model.id, sort_by_parameter_order=True),
-                rows).scalars().all())
+                rows).scalars().all()
+            _attach_ids(model, feed, queue_ids)
         record_many(session, feed)
+    if model is Task and queue_ids:
+        salesforce.tasks_created(session, queue_ids, now, org_id=user.org_id)  # issue 7
     session.flush()
     return result
 

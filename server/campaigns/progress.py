@@ -31,6 +31,7 @@ from server.errors import Conflict
 from server.feed.models import EventKind
 from server.feed.service import record, record_many
 from server.mail.models import ScheduledSend, SendStatus
+from server.salesforce import enqueue as salesforce
 from server.tasks.models import Task, TaskStatus
 
 FINISHED_STEP = (StepStatus.DONE, StepStatus.SKIPPED)
@@ -160,6 +161,8 @@ def advance(session: Session, enrollment_id: int, now: datetime) -> None:
     obj = model(**row)
     session.add(obj)
     session.flush()
+    if model is Task:
+        salesforce.task_created(session, obj.id, now, org_id=obj.org_id)  # issue 7
     feed["data"][("task_id" if model is Task else "send_id")] = obj.id
     record_many(session, [feed])
 
@@ -210,6 +213,7 @@ def send_finished(session: Session, send_id: int, now: datetime) -> bool:
            data={"send_id": send.id, "campaign_id": campaign.id,
                  "enrollment_id": send.enrollment_id, "contact_id": contact.id,
                  "sent_at": sent_at.isoformat()})
+    salesforce.email_sent(session, send, now)  # Salesforce sync (issue 7)
     step_finished(session, row.id, StepStatus.DONE, sent_at, now)
     return True
 

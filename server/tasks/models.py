@@ -33,6 +33,7 @@ class CompletedVia(enum.StrEnum):
     GMAIL = "gmail"
     OUTLOOK = "outlook"
     MANUAL = "manual"
+    SALESFORCE = "salesforce"  # completed in Salesforce, read back by the sync (issue 7)
 
 
 class Task(Base):

@@ -19,6 +19,7 @@ from server.contacts.models import Contact
 from server.errors import Conflict
 from server.feed.models import EventKind
 from server.feed.service import record
+from server.salesforce import enqueue as salesforce
 from server.tasks.models import CompletedVia, Task, TaskStatus
 
 
@@ -156,6 +157,7 @@ def _close(session: Session, user: User, task_id: int, status: TaskStatus,
                  "contact_id": task.contact_id, **extra})
     step_status = StepStatus.DONE if status is TaskStatus.DONE else StepStatus.SKIPPED
     step_finished(session, task.enrollment_step_id, step_status, done_at, now)
+    salesforce.task_closed(session, task, now)  # Salesforce sync (issue 7)
     return True
 
 

@@ -1,0 +1,1 @@
+"""Salesforce: the org's connection, activity settings and the sync outbox (issue 7)."""

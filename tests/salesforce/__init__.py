@@ -1,0 +1,1 @@
+"""Salesforce sync tests (issue 7)."""
