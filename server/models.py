@@ -6,11 +6,12 @@ from server.compose.models import Template
 from server.contacts.models import Contact
 from server.db import Base
 from server.feed.models import EventKind, FeedEvent
+from server.mail.mailboxes import Mailbox, MailboxCursor, MailMatch, OAuthState
 from server.mail.models import ScheduledSend, SendStatus
 from server.tasks.models import Task, TaskStatus
 
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
-    "EventKind", "FeedEvent", "Org", "Role", "ScheduledSend", "SendStatus", "Task",
-    "TaskStatus", "Template", "User",
+    "EventKind", "FeedEvent", "MailMatch", "Mailbox", "MailboxCursor", "OAuthState", "Org",
+    "Role", "ScheduledSend", "SendStatus", "Task", "TaskStatus", "Template", "User",
 ]
