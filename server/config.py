@@ -26,6 +26,17 @@ ENV_VARS: dict[str, str | None] = {
     "RELAY_ENV": "development",
     "FEED_STREAM_SECONDS": "25",
     "WORKER_POLL_SECONDS": "5",
+    # The outbox dispatcher (server/mail/dispatcher.py; the README's Sending table).
+    "SEND_LEASE_SECONDS": "120",
+    "SEND_LEASE_MARGIN_SECONDS": "30",
+    "SEND_BATCH": "50",
+    "SEND_PACE_COUNT": "25",
+    "SEND_PACE_SECONDS": "45",
+    "SEND_DAILY_CAP": "1000",
+    "SEND_MAX_RETRIES": "8",
+    "SEND_BACKOFF_BASE_SECONDS": "30",
+    "SEND_BACKOFF_CAP_SECONDS": "3600",
+    "MAIL_SINK_URL": None,
 }
 
 

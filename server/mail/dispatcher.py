@@ -94,10 +94,12 @@ from server.tasks.models import CompletedVia, Task, TaskStatus
 
 log = logging.getLogger("relay.dispatch")
 
-#: Where a test may kill a worker (``RELAY_CRASH_AT``): after the claim is committed, after
-#: the draft id is committed, after ``sending`` is committed, and after the provider accepted
-#: the email but before ``sent`` is committed.
-CRASH_POINTS = ("after_claim", "after_draft", "after_sending", "after_provider_send")
+#: Where a test may kill a worker (``RELAY_CRASH_AT``): inside the claim transaction before
+#: its commit, after the claim is committed, after the draft id is committed, after
+#: ``sending`` is committed, and after the provider accepted the email but before ``sent`` is
+#: committed.
+CRASH_POINTS = ("in_claim", "after_claim", "after_draft", "after_sending",
+                "after_provider_send")
 
 SS = ScheduledSend
 
@@ -240,6 +242,15 @@ class Problem(Exception):
     """A send that can never be built as it is (missing field, bad address): it fails."""
 
 
+@dataclass(frozen=True)
+class _Box:
+    """What the dispatcher needs of a rep's mailbox row: its address, name and pause."""
+
+    address: str | None = None
+    name: str | None = None
+    paused_until: datetime | None = None
+
+
 @dataclass
 class _Held:
     """A claim being worked on, with the lease expiry as last committed."""
@@ -267,6 +278,7 @@ class Dispatcher:
         self.draw = draw or random.random
         self.crash = crash or no_crash
         self._transports: dict[int, Transport | None] = {}
+        self._boxes: dict[int, _Box] = {}
 
     # -- transactions --------------------------------------------------------------------
 
@@ -287,6 +299,27 @@ class Dispatcher:
             self._transports[owner_id] = self.resolver.transport_for(owner_id)
         return self._transports[owner_id]
 
+    def _box(self, owner_id: int) -> _Box:
+        """The rep's connected mailbox as the resolver shows it (address, name, pause)."""
+        if owner_id not in self._boxes:
+            view = None
+            lookup = getattr(self.resolver, "mailbox_for", None)
+            if lookup is not None:
+                view = lookup(owner_id)
+            self._boxes[owner_id] = _Box(
+                address=getattr(view, "email", None) or None,
+                name=getattr(view, "display_name", None) or None,
+                paused_until=getattr(view, "paused_until", None))
+        return self._boxes[owner_id]
+
+    def _state(self, pace_row: MailboxPace) -> pacing.MailboxState:
+        """The pace state of a mailbox, with the pause shown on the mailbox itself too."""
+        state = _state(pace_row)
+        other = self._box(pace_row.owner_id).paused_until
+        if other is not None and (state.paused_until is None or other > state.paused_until):
+            state = replace(state, paused_until=other)
+        return state
+
     # -- the pass ------------------------------------------------------------------------
 
     def run_once(self) -> DispatchResult:
@@ -296,6 +329,7 @@ class Dispatcher:
         disconnected their mailbox since the last one).
         """
         self._transports = {}
+        self._boxes = {}
         result = DispatchResult()
         result.swept = self.sweep()
         for _ in range(self.settings.max_batches):
@@ -352,6 +386,8 @@ class Dispatcher:
             claims = claim(s, SS, ready=and_(SS.status == SendStatus.UNCERTAIN, self._free(now)),
                            order_by=SS.id, now=now, lease=lease, limit=limit, values={})
             claims += self._claim_paced(s, now, limit - len(claims))
+            if claims:
+                self.crash("in_claim")
         return [_Held(c, c.expires_at) for c in claims]
 
     def _claim_paced(self, s: Session, now: datetime, limit: int) -> list[Claim]:
@@ -388,7 +424,7 @@ class Dispatcher:
             assert transport is not None
             cap = pacing.effective_cap(self.settings.daily_cap, caps.get(org_id),
                                        getattr(transport, "daily_limit", None))
-            room = pacing.free_slots(_state(pace_row), now, self.settings.pace, cap)
+            room = pacing.free_slots(self._state(pace_row), now, self.settings.pace, cap)
             room = min(room - in_flight.get(owner_id, 0), limit - len(claims))
             if room <= 0:
                 continue
@@ -434,7 +470,7 @@ class Dispatcher:
             if transport is not None and (row.status is not SendStatus.UNCERTAIN
                                           or row.message_id is not None):
                 try:
-                    content = _content(s, row, transport)
+                    content = _content(s, row, transport, self._box(row.owner_id))
                 except Problem as exc:
                     content = exc
             s.expunge(row)
@@ -571,7 +607,7 @@ class Dispatcher:
         cap = pacing.effective_cap(self.settings.daily_cap,
                                    self._org_caps(s, {row.org_id}).get(row.org_id),
                                    getattr(transport, "daily_limit", None))
-        state = _state(pace_row)
+        state = self._state(pace_row)
         decision = pacing.decide(state, now, self.settings.pace, cap)
         if not decision.allowed:
             return decision.not_before
@@ -797,9 +833,8 @@ def _pause_mailbox(s: Session, owner_id: int, reason: str, now: datetime, span: 
         mailboxes.mark_needs_reauth_for_owner(s, owner_id, reason, now)
 
 
-def _sender_of(user: User, transport: Transport) -> str:
-    address = getattr(transport, "address", None) or user.email
-    return formataddr((user.name or "", address))
+def _sender_of(user: User, box: _Box) -> str:
+    return formataddr((box.name or user.name or "", box.address or user.email))
 
 
 def _previous_email(s: Session, step: EnrollmentStep) -> tuple[EnrollmentStep | None,
@@ -815,12 +850,12 @@ def _previous_email(s: Session, step: EnrollmentStep) -> tuple[EnrollmentStep | 
     return prev, send, task
 
 
-def _content(s: Session, row: ScheduledSend, transport: Transport) -> Content:
+def _content(s: Session, row: ScheduledSend, transport: Transport, box: _Box) -> Content:
     """The email of a send: stored (task emails, or rendered once before), or rendered."""
     user = s.get(User, row.owner_id)
     if user is None:
         raise Problem("the sending rep no longer exists")
-    sender = _sender_of(user, transport)
+    sender = _sender_of(user, box)
     step_id = row.enrollment_step_id
     if step_id is None and row.task_id is not None:
         step_id = s.scalar(select(Task.enrollment_step_id).where(Task.id == row.task_id))

@@ -181,7 +181,7 @@ class SinkState:
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     drafts: dict[str, str] = field(default_factory=dict)
     delivered: list[tuple[int, str, float, int]] = field(default_factory=list)
-    requests: list[tuple[str, int, float, int]] = field(default_factory=list)
+    requests: list[tuple[str, int, float, int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: int = 0
 
@@ -249,8 +249,8 @@ class _Handler(BaseHTTPRequestHandler):
             message_id = _header(mime, "Message-ID")
             send_id = send_id_of(message_id) or 0
             with st.lock:
-                st.requests.append(("draft", send_id, time.time(), pid))
                 fault = st.roll()
+                st.requests.append(("draft", send_id, time.time(), pid, fault))
                 if fault not in ("429", "503"):
                     st.counter += 1
                     draft_id = f"d{st.counter}"
@@ -267,14 +267,11 @@ class _Handler(BaseHTTPRequestHandler):
             with st.lock:
                 message_id = st.drafts.get(draft_id)
                 send_id = send_id_of(message_id) or 0
-                st.requests.append(("send", send_id, time.time(), pid))
-                if message_id is None:
-                    fault = "missing"
-                else:
-                    fault = st.roll()
-                    if fault in ("ok", "drop"):
-                        del st.drafts[draft_id]
-                        st.delivered.append((send_id, message_id, time.time(), pid))
+                fault = "missing" if message_id is None else st.roll()
+                st.requests.append(("send", send_id, time.time(), pid, fault))
+                if message_id is not None and fault in ("ok", "drop"):
+                    del st.drafts[draft_id]
+                    st.delivered.append((send_id, message_id, time.time(), pid))
             if fault == "missing":
                 return self._reply(404, {"error": f"no draft {draft_id}"})
             if fault == "429":
@@ -288,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
             q = json.loads(raw)
             with st.lock:
                 st.requests.append(("reconcile", send_id_of(q["message_id"]) or 0,
-                                    time.time(), pid))
+                                    time.time(), pid, "ok"))
                 if q.get("draft_id") in st.drafts:
                     return self._reply(200, {"outcome": "not_sent"})
                 for send_id, message_id, _at, _pid in st.delivered:
