@@ -48,6 +48,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                    web_views, prefill_views):
         app.register_blueprint(module.bp)
     app.register_blueprint(outbox_views.bp)
+
+    from server.mail import connect_views as mailbox_views
+
+    app.register_blueprint(mailbox_views.bp)
+    app.register_blueprint(mailbox_views.callback_bp)
     for module in (campaign_views,):
         if hasattr(module, "enrollments_bp"):
             app.register_blueprint(module.enrollments_bp)
