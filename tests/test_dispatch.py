@@ -375,13 +375,24 @@ def test_lost_lease_means_no_provider_call_and_no_write(
 def test_too_little_lease_left_means_no_provider_call(
         app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
         fake: FakeTransport):
-    """Within the safety margin of its lease's end, does a worker refuse to call the provider?"""
-    plain_sends(session, world.rep, now, 1)
+    """Does a worker stalled to within the margin of its lease's end refuse to send?
+
+    It stalls after marking `sending`; the email is then reconciled and sent exactly once.
+    """
+    [send_id] = plain_sends(session, world.rep, now, 1)
+
+    def stall(point: str) -> None:
+        if point == "after_sending":
+            clock.advance(LEASE.total_seconds() - 5)  # 5 s left, margin 10 s
+
+    assert make_dispatcher(app, fake, clock, crash=stall).run_once().lost == 1
+    assert [c.op for c in fake.calls] == ["draft"]
+    clock.advance(10)
     d = make_dispatcher(app, fake, clock)
-    [held] = d.claim_batch()
-    clock.advance(LEASE.total_seconds() - 5)  # 5 s left, margin 10 s
-    assert d.process(held) == "lost"
-    assert fake.calls == []
+    result = d.run_once()
+    assert (result.swept, result.rescheduled, result.sent) == (1, 1, 1)
+    assert [c.op for c in fake.calls] == ["draft", "reconcile", "send"]
+    assert fake.deliveries() == {send_id: 1}
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)

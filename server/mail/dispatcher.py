@@ -460,12 +460,18 @@ class Dispatcher:
     def process(self, held: _Held) -> str:
         """Move one claimed row as far as it can go now; returns the outcome's name."""
         content: Content | Problem | None = None
+        now = self.clock.now()
+        if now >= held.expires_at:
+            return "lost"  # known to be gone: not even a fenced statement
         with self._tx() as s:
-            row = s.scalar(select(SS).where(SS.id == held.claim.id,
-                                            SS.lease_token == held.claim.token)
-                           .execution_options(populate_existing=True))
-            if row is None:
+            # Renew first, so the row starts with a whole lease however long its batch took.
+            if not fenced_update(s, SS, held.claim, now=now, values={},
+                                 extend=self.settings.lease):
                 return "lost"
+            held.expires_at = now + self.settings.lease
+            row = s.scalar(select(SS).where(SS.id == held.claim.id)
+                           .execution_options(populate_existing=True))
+            assert row is not None
             transport = self._transport(row.owner_id)
             if transport is not None and (row.status is not SendStatus.UNCERTAIN
                                           or row.message_id is not None):

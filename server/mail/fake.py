@@ -200,6 +200,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _SinkHTTPServer
 
+    def setup(self) -> None:
+        """No Nagle delay: headers and body go out as written (40 ms per request otherwise)."""
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Quiet: the sink logs nothing."""
 
@@ -357,15 +362,20 @@ class HttpSinkTransport:
 
     def _request(self, path: str, body: bytes) -> tuple[int, dict[str, Any], str | None]:
         """POST ``body``; raises ``OSError``/``HTTPException`` when the answer is lost."""
-        if self._conn is None:
-            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port,
+                                                        timeout=self.timeout)
+                self._conn.connect()
+                assert self._conn.sock is not None
+                self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._conn.request("POST", path, body=body, headers={"X-Worker": self._pid})
             resp = self._conn.getresponse()
             data = json.loads(resp.read() or b"{}")
             return resp.status, data, resp.getheader("Retry-After")
         except (OSError, http.client.HTTPException):
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
             self._conn = None
             raise
 
