@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -281,15 +281,23 @@ class GraphTransport:
 
     # -- sync -------------------------------------------------------------------------
 
-    def delta(self, folder: str, link: str | None) -> Iterator[DeltaPage]:
-        """Pages of ``/me/mailFolders/{folder}/messages/delta`` from a saved link (or anew)."""
+    def delta(self, folder: str, link: str | None, since: datetime | None = None
+              ) -> Iterator[DeltaPage]:
+        """Pages of ``/me/mailFolders/{folder}/messages/delta`` from a saved link (or anew).
+
+        A new walk can be limited to messages received ``since`` a moment (the one
+        ``$filter`` message delta supports), so a first sync does not page through years.
+        """
         url = link
         while True:
             if url is None:
+                params = {"$select": "id,conversationId,internetMessageId,subject,"
+                                     "sentDateTime,receivedDateTime,isDraft"}
+                if since is not None:
+                    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    params["$filter"] = f"receivedDateTime ge {stamp}"
                 resp = self._request("GET", f"/me/mailFolders/{folder}/messages/delta",
-                                     params={"$select": "id,conversationId,internetMessageId,"
-                                                        "subject,sentDateTime,receivedDateTime,"
-                                                        "isDraft"})
+                                     params=params)
             else:
                 resp = self._request("GET", "", url=url)
             data = resp.json()
