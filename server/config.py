@@ -37,6 +37,13 @@ ENV_VARS: dict[str, str | None] = {
     "SEND_BACKOFF_BASE_SECONDS": "30",
     "SEND_BACKOFF_CAP_SECONDS": "3600",
     "MAIL_SINK_URL": None,
+    # Mailbox connections and sync (server/mail/; the README's Mailboxes section).
+    "MAIL_OUTBOX_DIR": None,
+    "MAIL_SYNC_SECONDS": "60",
+    "GOOGLE_AUTH_URI": None,
+    "GOOGLE_TOKEN_URI": None,
+    "MS_AUTHORITY": None,
+    "GRAPH_BASE_URL": None,
 }
 
 
@@ -68,6 +75,7 @@ def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> d
     cfg["SESSION_COOKIE_SECURE"] = str(cfg["PUBLIC_URL"]).startswith("https://")
     cfg["FEED_STREAM_SECONDS"] = float(cfg["FEED_STREAM_SECONDS"])
     cfg["WORKER_POLL_SECONDS"] = float(cfg["WORKER_POLL_SECONDS"])
+    cfg["MAIL_SYNC_SECONDS"] = float(cfg["MAIL_SYNC_SECONDS"])
     return cfg
 
 

@@ -271,3 +271,18 @@ def test_microsoft_connect_through_msal(mail_app, world, session, tenants, ok):
     assert "ms-refresh-secret" not in (mb.secret or "")
     transport = MailboxResolver(mail_app, ms_token_client=object()).transport_for(world.rep.id)
     assert isinstance(transport, GraphTransport)
+
+
+def test_schedule_reports_a_connected_mailbox(mail_app, world, session):
+    """Does the compose outbox see the rep's connected mailbox (and not another rep's)?"""
+    from server.compose.outbox import mailbox_connected
+
+    assert not mailbox_connected(session, world.rep)
+    client = mail_app.test_client()
+    client.post("/api/mailbox/outbox", json={}, headers=world.auth(world.rep))
+    session.rollback()
+    assert mailbox_connected(session, world.rep)
+    assert not mailbox_connected(session, world.rep2)
+    client.post("/api/mailbox/disconnect", headers=world.auth(world.rep))
+    session.rollback()
+    assert not mailbox_connected(session, world.rep)

@@ -120,3 +120,27 @@ def test_needs_reauth_pause_and_disconnect(session, world, now):
     assert not mbx.disconnect(session, world.rep.id, now)
     session.refresh(mb)
     assert mb.status is MailboxStatus.DISCONNECTED and mb.secret is None
+
+
+def test_relay_mailboxes_rekey_rotates_every_secret(runner, database_url, session, world, now):
+    """Does `relay mailboxes rekey` re-encrypt stored secrets under the new first key?"""
+    from server.cli import main
+
+    old = KeyRing.parse(f"k0:{K0}")
+    mb = mbx.connect(session, org_id=world.org.id, owner_id=world.rep.id,
+                     provider=Provider.GOOGLE, email="rep@acme.test", display_name="",
+                     settings={}, secret={"refresh_token": "r-secret"}, keyring=old, now=now)
+    session.commit()
+    env = {"DATABASE_URL": database_url, "ENCRYPTION_KEYS": f"k1:{K1},k0:{K0}"}
+    result = runner.invoke(main, ["mailboxes", "rekey"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "re-encrypted 1 secret(s) with key k1" in result.output
+    session.rollback()
+    stored = session.scalar(select(Mailbox.secret).where(Mailbox.id == mb.id))
+    assert stored.startswith("k1:")
+    assert mbx.read_secret(session.get(Mailbox, mb.id, populate_existing=True),
+                           KeyRing.parse(f"k1:{K1}")) == {
+        "refresh_token": "r-secret"}
+    bad = runner.invoke(main, ["mailboxes", "rekey"],
+                        env={"DATABASE_URL": database_url, "ENCRYPTION_KEYS": "nokid"})
+    assert bad.exit_code != 0 and "kid:base64key" in bad.output
