@@ -17,6 +17,7 @@ from server.campaigns.launch import launch
 from server.campaigns.models import Enrollment, EnrollmentStatus, OnBounce, OnReply
 from server.campaigns.progress import send_finished
 from server.campaigns.spec import SendOption
+from server.contacts.models import Contact
 from server.crypto import KeyRing
 from server.feed.models import EventKind, FeedEvent
 from server.mail import mailboxes as mbx
@@ -56,12 +57,19 @@ def mailbox(session, world, provider=Provider.GOOGLE):
     return mb
 
 
+def pat(session, world):
+    """The rep's contact Pat (pat@client.test), made once."""
+    found = session.scalar(select(Contact).where(Contact.owner_id == world.rep.id,
+                                                 Contact.email == "pat@client.test"))
+    return found or make_contact(session, world.rep, "pat@client.test", first_name="Pat")
+
+
 def task_campaign(session, world, now):
     """Pat has an open email task ("Hello Pat"), created before the hand-sent email."""
     tpl = make_template(session, world.rep)
     campaign = make_campaign(session, world.rep, [email_step(1, SendOption.TASK, tpl),
                                                   email_step(3, SendOption.TASK, tpl)])
-    contact = make_contact(session, world.rep, "pat@client.test", first_name="Pat")
+    contact = pat(session, world)
     ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
     task = session.scalar(select(Task).where(Task.enrollment_id == eid))
     task.created_at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
@@ -76,7 +84,7 @@ def sent_campaign(session, world, now, **settings):
                              [email_step(1, SendOption.AT_TIME, tpl, send_time=time(9, 0)),
                               email_step(3, SendOption.AT_TIME, tpl, send_time=time(9, 0))],
                              **settings)
-    contact = make_contact(session, world.rep, "pat@client.test", first_name="Pat")
+    contact = pat(session, world)
     ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
     send = session.scalar(select(ScheduledSend).where(ScheduledSend.enrollment_id == eid))
     send.status, send.sent_at = SendStatus.SENT, datetime(2026, 11, 24, 10, 0, tzinfo=UTC)

@@ -223,7 +223,11 @@ class SmtpTransport:
         try:
             imap.login(cfg.username or "", cfg.password or "")
         except imaplib.IMAP4.error as exc:
+            imap.shutdown()
             raise ReauthRequired(f"IMAP login refused: {exc}") from None
+        except BaseException:
+            imap.shutdown()
+            raise
         return imap
 
     @staticmethod
