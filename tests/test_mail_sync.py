@@ -279,3 +279,57 @@ def test_sync_mailboxes_pass_marks_refused_credentials_and_paces_itself(app, ses
         MailboxStatus.NEEDS_REAUTH)
     assert sync_mailboxes(app, NOW + timedelta(hours=1), resolver=Resolver(t),
                           monotonic=lambda: clock[0] + 1000).mailboxes == 0
+
+
+def test_follow_up_prefill_threads_after_an_automatic_email(app, session, world, now):
+    """Does a follow-up task thread after an automatic Gmail email (its Message-ID, thread)?"""
+    from tests.test_prefill import follow_up_campaign, get
+
+    campaign, _, _ = follow_up_campaign(session, world.rep, first_option=SendOption.AT_TIME)
+    contact = pat(session, world)
+    ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
+    send = session.scalar(select(ScheduledSend).where(ScheduledSend.enrollment_id == eid))
+    send.status, send.sent_at = SendStatus.SENT, datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    send.message_id, send.thread_id = OUR_ID, "18c0ffee"
+    session.flush()
+    assert send_finished(session, send.id, send.sent_at)
+    mailbox(session, world)
+    follow = session.scalar(select(Task).where(Task.enrollment_id == eid))
+    doc = get(app.test_client(), world, world.rep, follow.id).json
+    assert doc["follow_up"]["in_reply_to"] == OUR_ID
+    assert doc["follow_up"]["thread"] == {"gmail_thread_id": "18c0ffee",
+                                          "outlook_conversation_id": None}
+
+
+def test_follow_up_prefill_threads_after_a_hand_sent_outlook_email(app, session, world, now):
+    """Does a follow-up thread after a hand-sent Outlook email the sync found (E3)?"""
+    from tests.test_prefill import follow_up_campaign, get
+
+    campaign, _, _ = follow_up_campaign(session, world.rep, first_subject="Quick question")
+    contact = pat(session, world)
+    ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
+    first = session.scalar(select(Task).where(Task.enrollment_id == eid))
+    first.created_at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    mb = mailbox(session, world, Provider.MICROSOFT)
+    with fake_graph() as (base, state), requests.Session() as http:
+        state.mime["s1"] = load("sent_outlook_header.eml", first.id)
+        delta = f"{base}/me/mailFolders/sentitems/messages/delta"
+        state.delta_pages["sentitems"] = [
+            {"value": [{"id": "s1", "conversationId": "AAQkConv=", "isDraft": False}],
+             "@odata.deltaLink": f"{delta}?page=0"}]
+        mbx.set_cursor(session, mb.id, "sentitems", f"{delta}?page=0", NOW)
+        mbx.set_cursor(session, mb.id, "inbox", f"{base}/me/mailFolders/inbox/messages/delta",
+                       NOW)
+        session.commit()
+        t = GraphTransport(lambda: "at", base_url=base, session=http, timeout=5)
+        result = SyncResult()
+        sync_mailbox(session, mb, t, NOW, result)
+        session.commit()
+    assert result.sent == 1
+    follow = session.scalar(select(Task).where(Task.enrollment_id == eid,
+                                               Task.status == TaskStatus.OPEN))
+    doc = get(app.test_client(), world, world.rep, follow.id).json
+    mid = "<DB9PR08MB67164A5E2C1D0F3B9E8A7C64D1592@DB9PR08MB6716.eurprd08.prod.outlook.com>"
+    assert doc["follow_up"]["in_reply_to"] == mid
+    assert doc["follow_up"]["thread"] == {"gmail_thread_id": None,
+                                          "outlook_conversation_id": "AAQkConv="}
