@@ -14,9 +14,11 @@ key. Without ``ENCRYPTION_KEYS`` a development instance keeps a generated key in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,9 +119,20 @@ def keyring_from_config(config: dict[str, object], instance_path: str | Path) ->
     path = Path(instance_path) / "encryption.keys"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"dev:{Fernet.generate_key().decode()}\n")
+        # Written whole to a temporary file, then linked into place: a concurrent process
+        # (the web server and a worker starting together) sees no file or the whole key,
+        # and only the first link wins.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keys-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"dev:{Fernet.generate_key().decode()}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o600)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
     log.warning("ENCRYPTION_KEYS is not set: mailbox secrets are encrypted with the "
                 "development key in %s; set ENCRYPTION_KEYS in production", path)
     return KeyRing.parse(path.read_text().strip())
