@@ -53,6 +53,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(mailbox_views.bp)
     app.register_blueprint(mailbox_views.callback_bp)
+
+    from server.web import mailbox as mailbox_pages
+
+    app.register_blueprint(mailbox_pages.bp)
     for module in (campaign_views,):
         if hasattr(module, "enrollments_bp"):
             app.register_blueprint(module.enrollments_bp)

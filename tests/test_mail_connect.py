@@ -176,7 +176,7 @@ def test_google_connect_with_pkce_and_state(mail_app, world, session, monkeypatc
         assert state not in stored.state_hash and "code_verifier" not in stored.secret
 
         cb = client.get(f"/mailbox/oauth/google/callback?code=4/auth-code&state={state}")
-        assert cb.status_code == 302 and cb.location.endswith("/?mailbox=connected")
+        assert cb.status_code == 302 and cb.location.endswith("/mailbox")
         form = tokens.forms[0]
         assert form["code"] == ["4/auth-code"] and form["grant_type"] == ["authorization_code"]
         verifier = form["code_verifier"][0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import Blueprint, current_app, redirect, request
+from flask import Blueprint, current_app, flash, redirect, request, url_for
 from pydantic import Field, SecretStr
 
 from server.accounts.auth import api_user
@@ -20,11 +20,9 @@ from server.api.errors import ApiError, FieldError, invalid
 from server.api.operations import Model, Out, operation
 from server.crypto import KeyRing, keyring_from_config
 from server.db import get_session, utcnow
+from server.mail import connections, oauth
 from server.mail import mailboxes as mbx
-from server.mail import oauth
-from server.mail.headers import HeaderError, parse_address
 from server.mail.mailboxes import MailboxError, MailboxStatus, Provider
-from server.mail.transport import TransportError
 
 bp = Blueprint("mailbox", __name__, url_prefix="/api/mailbox")
 callback_bp = Blueprint("mailbox_oauth", __name__)
@@ -136,31 +134,14 @@ def read() -> MailboxOut:
 def connect_smtp(body: SmtpIn) -> MailboxOut:
     """Connect an SMTP (+ IMAP) mailbox; with ``verify`` the login is tried first."""
     user: User = api_user()
-    try:
-        addr = parse_address("email", body.email)
-    except HeaderError as err:
-        raise invalid([FieldError("email", err.message)]) from None
-    settings = body.model_dump(include={"smtp_host", "smtp_port", "smtp_security",
-                                        "smtp_username", "imap_host", "imap_port",
-                                        "imap_security", "imap_sent_folder",
-                                        "imap_drafts_folder"}, exclude_none=True)
     password = body.password.get_secret_value() if body.password else None
-    if body.verify:
-        from server.mail.providers.smtp import SmtpTransport, config_from_settings
-
-        try:
-            SmtpTransport(config_from_settings(settings, password)).verify()
-        except TransportError as err:
-            raise invalid([FieldError("smtp_host", f"could not log in: {err.reason}")]
-                          ) from None
-    now = utcnow()
     try:
-        mb = mbx.connect(get_session(), org_id=user.org_id, owner_id=user.id,
-                         provider=Provider.SMTP, email=addr.email,
-                         display_name=body.display_name or addr.name, settings=settings,
-                         secret={"password": password} if password else None,
-                         keyring=app_keyring() if password else None, now=now,
-                         daily_limit=body.daily_limit)
+        mb = connections.connect_smtp(
+            get_session(), user, email=body.email, display_name=body.display_name,
+            settings=body.model_dump(include=set(connections.SMTP_SETTINGS)),
+            password=password, keyring=app_keyring() if password else None, now=utcnow(),
+            daily_limit=body.daily_limit,
+            verify=connections.verify_smtp if body.verify else None)
     except MailboxError as err:
         raise _raise(err) from None
     get_session().commit()
@@ -170,13 +151,8 @@ def connect_smtp(body: SmtpIn) -> MailboxOut:
 @operation(bp, "/outbox", "POST", body=OutboxIn, response=MailboxOut, status=201)
 def connect_outbox(body: OutboxIn) -> MailboxOut:
     """Use the local outbox folder (development): emails are written to files, not sent."""
-    user: User = api_user()
-    mb = mbx.connect(get_session(), org_id=user.org_id, owner_id=user.id,
-                     provider=Provider.OUTBOX, email=user.email, display_name=user.name,
-                     settings={}, secret=None, keyring=None, now=utcnow())
+    mb = connections.connect_outbox(get_session(), api_user(), utcnow())
     get_session().commit()
-    current_app.logger.warning("user %s connected the local outbox: their email is written "
-                               "to files and NOT delivered", user.id)
     return mailbox_out(mb)
 
 
@@ -233,4 +209,5 @@ def oauth_callback(provider: str) -> Any:
         session.commit()  # the state is spent either way
         return (f"Could not connect the mailbox: {err.message}", 400)
     session.commit()
-    return redirect("/?mailbox=connected")
+    flash("Mailbox connected.")
+    return redirect(url_for("mailbox_pages.mailbox"))
