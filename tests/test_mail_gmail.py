@@ -123,6 +123,7 @@ def test_reconcile_gone_and_not_found():
     (err(400, "invalidArgument", "Invalid To header"), PermanentError, True),
     (err(404, "notFound"), OutcomeUnknown, True),
     (err(401, "authError", "Invalid Credentials"), ReauthRequired, False),
+    (err(403, "insufficientPermissions", "Insufficient Permission"), ReauthRequired, False),
 ])
 def test_errors_are_typed(response, error, sending):
     """Is each Gmail answer turned into the transport error the dispatcher acts on?"""

@@ -129,7 +129,8 @@ def classify(exc: BaseException, *, sending: bool) -> RelayTransportError:
             if sending:
                 return OutcomeUnknown(reason)
             return TransientError(reason, retry_after=_retry_after(exc))
-        if status == 401 or "invalid_grant" in reasons:
+        if status == 401 or reasons & {"invalid_grant", "insufficientPermissions"}:
+            # A revoked grant, or scopes the rep took back: only reconnecting fixes it.
             return ReauthRequired(reason)
         return PermanentError(reason)
     if isinstance(exc, (TimeoutError, socket.timeout, ConnectionError, OSError,
