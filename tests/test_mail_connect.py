@@ -286,3 +286,30 @@ def test_schedule_reports_a_connected_mailbox(mail_app, world, session):
     client.post("/api/mailbox/disconnect", headers=world.auth(world.rep))
     session.rollback()
     assert not mailbox_connected(session, world.rep)
+
+
+@pytest.mark.parametrize("extra,ok", [(" https://www.googleapis.com/auth/drive.file", True),
+                                      ("-send", False)])
+def test_google_grants_other_scopes(mail_app, world, session, monkeypatch, extra, ok):
+    """Do extra granted scopes still connect, and a missing gmail.send refuse by name?"""
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.delenv("OAUTHLIB_RELAX_TOKEN_SCOPE", raising=False)
+    scope = SCOPE + extra if ok else SCOPE.replace(
+        " https://www.googleapis.com/auth/gmail.send", "")
+    tokens = GoogleTokenServer((200, {
+        "access_token": "ya29.a", "expires_in": 3599, "token_type": "Bearer",
+        "refresh_token": "1//r", "scope": scope,
+        "id_token": _jwt({"email": "rita@acme.test"})}))
+    try:
+        mail_app.config["GOOGLE_TOKEN_URI"] = tokens.url
+        client = mail_app.test_client()
+        url = client.post("/api/mailbox/oauth/google/start",
+                          headers=world.auth(world.rep)).json["authorization_url"]
+        state = parse_qs(urlsplit(url).query)["state"][0]
+        cb = client.get(f"/mailbox/oauth/google/callback?code=c&state={state}")
+    finally:
+        tokens.close()
+    if ok:
+        assert cb.status_code == 302
+    else:
+        assert cb.status_code == 400 and b"gmail.send" in cb.data

@@ -99,6 +99,13 @@ class GoogleOAuth:
             token = flow.fetch_token(code=params["code"])
         except OAuth2Error as exc:
             raise MailboxError(f"Google refused the authorization: {exc.error}") from None
+        except Warning as exc:
+            # oauthlib raises "Scope has changed" when Google grants other scopes than asked
+            # (include_granted_scopes adds earlier grants; a rep may untick some): the token
+            # is on the exception, and the Gmail scopes are checked below.
+            token = getattr(exc, "token", None)
+            if token is None:
+                raise
         refresh = token.get("refresh_token")
         if not refresh:
             raise MailboxError("Google issued no refresh token; remove Relay's access in the "
