@@ -110,7 +110,8 @@ class GoogleOAuth:
         if not refresh:
             raise MailboxError("Google issued no refresh token; remove Relay's access in the "
                                "Google account settings and connect again")
-        granted = set(token.get("scope") or [])
+        scope = token.get("scope") or []
+        granted = set(scope.split() if isinstance(scope, str) else scope)
         missing = {s for s in self._scopes if "gmail" in s} - granted if granted else set()
         if missing:
             raise MailboxError("Gmail access was not granted: " + ", ".join(sorted(missing)))
