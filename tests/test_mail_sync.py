@@ -333,3 +333,25 @@ def test_follow_up_prefill_threads_after_a_hand_sent_outlook_email(app, session,
     assert doc["follow_up"]["in_reply_to"] == mid
     assert doc["follow_up"]["thread"] == {"gmail_thread_id": None,
                                           "outlook_conversation_id": "AAQkConv="}
+
+
+def test_a_message_the_campaign_cannot_take_does_not_stop_the_sync(session, world, now):
+    """If the task's own email is being sent right now, is the message reported and skipped?"""
+    eid, task = task_campaign(session, world, now)
+    session.add(ScheduledSend(org_id=world.org.id, owner_id=world.rep.id, task_id=task.id,
+                              contact_id=task.contact_id, status=SendStatus.SENDING,
+                              due_at=NOW, to_email="pat@client.test", subject="Hello Pat"))
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    t, _ = gmail(history_responses(("m1", "sent_gmail_by_hand.eml", ["SENT"], "t1"),
+                                   ("r1", "reply_subject_only.eml", ["INBOX"], "t2")))
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.messages == 2 and result.sent == 0
+    assert "already being sent" in result.errors[0]
+    assert mbx.get_cursor(session, mb.id, "history") == "200"
+    session.refresh(task)
+    assert task.status is TaskStatus.OPEN
+    assert session.scalars(select(MailMatch)).all() == []

@@ -40,6 +40,7 @@ from server.campaigns.models import Campaign, Enrollment, EnrollmentStatus, OnBo
 from server.campaigns.progress import contact_name, leave
 from server.campaigns.spec import StepType
 from server.contacts.models import Contact
+from server.errors import Conflict, Invalid
 from server.feed.models import EventKind
 from server.feed.service import record
 from server.mail import detect
@@ -447,7 +448,15 @@ def sync_mailbox(session: Session, mb: Mailbox, transport: Any, now: datetime,
         return
     result.mailboxes += 1
     for msg in source.messages():
-        process(session, mb, user, msg, now, result)
+        try:
+            with session.begin_nested():
+                process(session, mb, user, msg, now, result)
+        except (Conflict, Invalid, LookupError, ValueError) as exc:
+            # One message the campaign cannot take (the task's email is being sent by the
+            # dispatcher right now, say) must not stop the mailbox's sync for good: it is
+            # reported and the pass goes on.
+            log.warning("mailbox %s: message %s not applied: %s", mb.id, msg.provider_id, exc)
+            result.errors.append(f"mailbox {mb.id}: message {msg.provider_id}: {exc}")
 
 
 def sync_mailboxes(app: Flask, now: datetime, *, resolver: Any = None,
