@@ -29,6 +29,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # These libraries log whole token responses (refresh tokens included) at DEBUG: they stay
+    # at WARNING whatever the root level, so no secret reaches a log (CONVENTIONS 10).
+    for name in ("requests_oauthlib", "oauthlib", "msal", "google_auth_oauthlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     db.init_app(app)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -153,9 +154,10 @@ SCOPE = ("openid https://www.googleapis.com/auth/userinfo.email "
          "https://www.googleapis.com/auth/gmail.readonly")
 
 
-def test_google_connect_with_pkce_and_state(mail_app, world, session, monkeypatch):
+def test_google_connect_with_pkce_and_state(mail_app, world, session, monkeypatch, caplog):
     """Does Google's flow send a PKCE challenge and state, and store the refresh token?"""
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the stand-in is plain http
+    caplog.set_level(logging.DEBUG)  # even at DEBUG no token reaches the log
     tokens = GoogleTokenServer((200, {
         "access_token": "ya29.access", "expires_in": 3599, "token_type": "Bearer",
         "refresh_token": "1//google-refresh-secret", "scope": SCOPE,
@@ -196,6 +198,8 @@ def test_google_connect_with_pkce_and_state(mail_app, world, session, monkeypatc
     assert mb.daily_limit == 2000 and "google-refresh-secret" not in (mb.secret or "")
     got = client.get("/api/mailbox", headers=world.auth(world.rep)).get_data(as_text=True)
     assert "google-refresh-secret" not in got
+    assert "google-refresh-secret" not in caplog.text and "ya29.access" not in caplog.text
+    assert "4/auth-code" not in caplog.text
     transport = MailboxResolver(mail_app).transport_for(world.rep.id)
     assert isinstance(transport, GmailTransport)
 
@@ -242,8 +246,9 @@ class MsHttp(FakeMsHttp):
 
 
 @pytest.mark.parametrize("tenants,ok", [(None, True), ("t-1,t-2", True), ("t-9", False)])
-def test_microsoft_connect_through_msal(mail_app, world, session, tenants, ok):
+def test_microsoft_connect_through_msal(mail_app, world, session, tenants, ok, caplog):
     """Does msal's auth code flow connect the account, honouring the MS_TENANTS allow-list?"""
+    caplog.set_level(logging.DEBUG)
     mail_app.config["MS_TENANTS"] = tenants
     http = MsHttp({"tid": "t-1", "preferred_username": "rita@contoso.test", "name": "Rita"})
     flow = MicrosoftOAuth(mail_app.config, http_client=http)
@@ -268,7 +273,7 @@ def test_microsoft_connect_through_msal(mail_app, world, session, tenants, ok):
     assert cb.status_code == 302, cb.data
     assert (mb.provider, mb.email, mb.daily_limit) == (Provider.MICROSOFT,
                                                        "rita@contoso.test", 10000)
-    assert "ms-refresh-secret" not in (mb.secret or "")
+    assert "ms-refresh-secret" not in (mb.secret or "") + caplog.text
     transport = MailboxResolver(mail_app, ms_token_client=object()).transport_for(world.rep.id)
     assert isinstance(transport, GraphTransport)
 
