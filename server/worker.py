@@ -4,7 +4,7 @@ Each pass starts people whose scheduled start has come (their first task appears
 first email is scheduled), then runs the outbox dispatcher (:mod:`server.mail.dispatcher`):
 due emails are claimed under a lease and sent from each rep's connected mailbox, and sends
 whose outcome is unknown are reconciled. Then the connected mailboxes are synced (sent,
-reply and bounce detection) when that module is present.
+reply and bounce detection, :func:`server.mail.sync.sync_mailboxes`).
 
 Any number of ``relay worker`` processes may run against one PostgreSQL database, on any
 number of machines: claims use ``FOR UPDATE SKIP LOCKED`` and leases fence every write. On
@@ -30,6 +30,7 @@ from server.mail.dispatcher import (
     SystemClock,
     env_crash_hook,
 )
+from server.mail.sync import sync_mailboxes
 from server.mail.transport import TransportResolver
 
 log = logging.getLogger("relay.worker")
@@ -78,7 +79,10 @@ def resolver_for(app: Flask) -> TransportResolver:
         else:
             from server.mail.providers import MailboxResolver
 
-            resolver = MailboxResolver(app)
+            # The same resolver (and transport cache) as the mailbox sync's.
+            resolver = app.extensions.get("relay.mailbox_resolver")
+            if resolver is None:
+                resolver = app.extensions["relay.mailbox_resolver"] = MailboxResolver(app)
         app.extensions["relay.resolver"] = resolver
     return resolver
 
@@ -129,13 +133,9 @@ def tick(app: Flask, now: datetime | None = None, *, batch: int = 500) -> TickRe
 
 def _sync(app: Flask, now: datetime) -> None:
     """Sent, reply and bounce detection for connected mailboxes (server.mail.sync)."""
-    try:
-        from server.mail.sync import sync_mailboxes
-    except ModuleNotFoundError as exc:
-        if exc.name != "server.mail.sync":
-            raise
-        return
-    sync_mailboxes(app, now)
+    result = sync_mailboxes(app, now)
+    if result.errors:
+        log.warning("mailbox sync: %d errors: %s", len(result.errors), result.errors[:5])
 
 
 def run(app: Flask, stop: threading.Event | None = None, *, once: bool = False) -> None:
