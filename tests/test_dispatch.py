@@ -497,3 +497,26 @@ def test_env_crash_hook_names_known_points_only():
     assert env_crash_hook({})("after_draft") is None
     with pytest.raises(ValueError, match="unknown crash point"):
         env_crash_hook({"RELAY_CRASH_AT": "after_lunch"})
+
+
+def test_relay_worker_sends_through_the_reps_mailbox_resolver(
+        app: Flask, session: Session, world: World, now: datetime, tmp_path):
+    """Does a worker pass send through the reps' MailboxResolver, and wait without a mailbox?
+
+    With MAIL_TRANSPORT=outbox the resolver gives a rep without a mailbox the local outbox.
+    """
+    from server import worker
+
+    send_id = automatic_campaign(session, world, now)
+    app.config.update(MAIL_TRANSPORT="gmail", MAIL_OUTBOX_DIR=str(tmp_path / "outbox"))
+    result = worker.tick(app, now=now)
+    assert (result.dispatch.claimed, result.dispatch.sent) == (0, 0)  # no mailbox: waits
+    assert [r.status for r in rows(session)] == [SendStatus.SCHEDULED]
+    app.config["MAIL_TRANSPORT"] = "outbox"
+    app.extensions.pop("relay.resolver", None)
+    app.extensions.pop("relay.mailbox_resolver", None)
+    assert worker.tick(app, now=now).dispatch.sent == 1
+    [row] = rows(session)
+    assert row.status is SendStatus.SENT
+    sent = tmp_path / "outbox" / f"user-{world.rep.id}" / "sent" / f"{send_id}.eml"
+    assert row.message_id and row.message_id in sent.read_text()
