@@ -1,11 +1,15 @@
 """Microsoft 365 mailboxes through Microsoft Graph (``requests``), tokens from msal.
 
-Why not the O365 library the issue names: O365 builds its own ``requests`` session and OAuth
-flow against fixed Microsoft hosts, and neither its protocol URL nor its token backend can be
-pointed at a local server without monkeypatching its internals; the tests must not reach the
-network. This module speaks the same few Graph endpoints directly against a configurable base
-URL (``GRAPH_BASE_URL``, default ``https://graph.microsoft.com/v1.0``), with msal's
-``ConfidentialClientApplication`` for tokens.
+Why not the O365 library the issue names: its ``Connection`` builds the token URLs from
+``https://login.microsoftonline.com/{tenant}`` itself, keeps tokens in its own token backend
+(files by default) where Relay keeps them encrypted in the database, and mounts its own retry
+policy on its sessions, while here only the dispatcher decides about retries (after
+reconciliation). Its Graph base URL could be changed by subclassing its protocol, but the token
+side could not be pointed at a local stand-in without overriding its internals, and the tests
+must not reach the network. So this module speaks the few Graph endpoints it needs directly,
+against a configurable base URL (``GRAPH_BASE_URL``, default
+``https://graph.microsoft.com/v1.0``), with msal's ``ConfidentialClientApplication`` (the
+library O365 itself uses) for tokens.
 
 Every request asks for immutable ids (``Prefer: IdType="ImmutableId"``), so a draft keeps its
 id when sending moves it to Sent Items. Drafts: ``POST /me/messages`` (new email) or
