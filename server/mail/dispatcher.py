@@ -45,7 +45,7 @@ from datetime import datetime, timedelta
 from email.utils import formataddr
 from typing import Any, Protocol
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -279,13 +279,30 @@ class Dispatcher:
         self.crash = crash or no_crash
         self._transports: dict[int, Transport | None] = {}
         self._boxes: dict[int, _Box] = {}
+        self._caps: dict[int, int | None] = {}
+        self._senders: dict[int, str] = {}
+        bind = sessions.kw.get("bind")
+        self._postgres = bind is not None and bind.dialect.name == "postgresql"
 
     # -- transactions --------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[Session]:
+    def _tx(self, durable: bool = False) -> Iterator[Session]:
+        """One transaction. Only ``durable`` ones wait for the WAL flush on PostgreSQL.
+
+        The one commit that must survive a database crash before the provider is called is
+        the one that marks a send ``sending`` (losing it would let the email be sent again).
+        Losing any other commit of the dispatcher's is harmless — a lost claim or draft id
+        means the row is claimed or drafted again, a lost ``sent`` leaves the row
+        ``sending`` and reconciliation finds the email — so those commit without waiting
+        for the flush (``synchronous_commit = off``: never corruption, at worst the last
+        few milliseconds of such commits lost in a database crash). A durable commit also
+        flushes every earlier one.
+        """
         session = self.sessions()
         try:
+            if self._postgres and not durable:
+                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
             yield session
             session.commit()
         except BaseException:
@@ -330,6 +347,8 @@ class Dispatcher:
         """
         self._transports = {}
         self._boxes = {}
+        self._caps = {}
+        self._senders = {}
         result = DispatchResult()
         result.swept = self.sweep()
         for _ in range(self.settings.max_batches):
@@ -450,10 +469,15 @@ class Dispatcher:
             stmt = sqlite.insert(MailboxPace).on_conflict_do_nothing()
         s.execute(stmt, missing)
 
-    @staticmethod
-    def _org_caps(s: Session, org_ids: set[int]) -> dict[int, int]:
-        return dict(s.execute(select(OrgSendPolicy.org_id, OrgSendPolicy.daily_cap)
-                              .where(OrgSendPolicy.org_id.in_(org_ids))).all())
+    def _org_caps(self, s: Session, org_ids: set[int]) -> dict[int, int | None]:
+        """Each org's own daily cap (None: the default), read once per pass."""
+        missing = org_ids - set(self._caps)
+        if missing:
+            found = dict(s.execute(select(OrgSendPolicy.org_id, OrgSendPolicy.daily_cap)
+                                   .where(OrgSendPolicy.org_id.in_(missing))).all())
+            for org in missing:
+                self._caps[org] = found.get(org)
+        return {org: self._caps[org] for org in org_ids}
 
     # -- one row -------------------------------------------------------------------------
 
@@ -464,22 +488,33 @@ class Dispatcher:
         if now >= held.expires_at:
             return "lost"  # known to be gone: not even a fenced statement
         with self._tx() as s:
-            # Renew first, so the row starts with a whole lease however long its batch took.
-            if not fenced_update(s, SS, held.claim, now=now, values={},
-                                 extend=self.settings.lease):
+            if held.expires_at - now < self.settings.lease / 2:
+                # Renew first, so the row starts with enough lease however long its batch
+                # has taken so far.
+                if not fenced_update(s, SS, held.claim, now=now, values={},
+                                     extend=self.settings.lease):
+                    return "lost"
+                held.expires_at = now + self.settings.lease
+            found = s.execute(
+                select(SS, Contact.first_name, Contact.last_name)
+                .join(Contact, Contact.id == SS.contact_id, isouter=True)
+                .where(SS.id == held.claim.id, SS.lease_token == held.claim.token)
+                .execution_options(populate_existing=True)).first()
+            if found is None:
                 return "lost"
-            held.expires_at = now + self.settings.lease
-            row = s.scalar(select(SS).where(SS.id == held.claim.id)
-                           .execution_options(populate_existing=True))
-            assert row is not None
+            row = found[0]
+            who = (f"{found.first_name or ''} {found.last_name or ''}".strip()
+                   or row.to_email)
             transport = self._transport(row.owner_id)
             if transport is not None and (row.status is not SendStatus.UNCERTAIN
                                           or row.message_id is not None):
                 try:
-                    content = _content(s, row, transport, self._box(row.owner_id))
+                    content = _content(s, row, transport, self._box(row.owner_id),
+                                       self._senders)
                 except Problem as exc:
                     content = exc
             s.expunge(row)
+        row.contact_name = who  # type: ignore[attr-defined]
         if transport is None:
             # The mailbox went away since the claim: put the row back to wait.
             back = SendStatus.SCHEDULED if row.status is SendStatus.CLAIMED else row.status
@@ -539,9 +574,9 @@ class Dispatcher:
                 return self._refused(held, row, status, exc)
             values: dict[str, Any] = {"status": SendStatus.DRAFTED, "draft_id": draft.id,
                                       "message_id": message.message_id,
-                                      "thread_id": draft.thread_id or row.thread_id,
-                                      "subject": content.subject, "html": content.html,
-                                      "text": content.text}
+                                      "thread_id": draft.thread_id or row.thread_id}
+            if row.subject is None:  # rendered now: kept, so a rebuild is the same email
+                values.update(subject=content.subject, html=content.html, text=content.text)
             if status is not SendStatus.DRAFTED:
                 _check(status, SendStatus.DRAFTED)
             if not self._write(held, values):
@@ -589,7 +624,7 @@ class Dispatcher:
         """
         _check(status, SendStatus.SENDING)
         now = self.clock.now()
-        with self._tx() as s:
+        with self._tx(durable=True) as s:
             until = self._reserve(s, row, transport, now)
             if until is not None:
                 s.rollback()
@@ -606,22 +641,29 @@ class Dispatcher:
     def _reserve(self, s: Session, row: ScheduledSend, transport: Transport,
                  now: datetime) -> datetime | None:
         """Take one slot of the mailbox's pace and cap at ``now``; else when one opens."""
-        self._ensure_pace_rows(s, [row.owner_id])
-        pace_row = s.scalar(select(MailboxPace).where(MailboxPace.owner_id == row.owner_id)
-                            .with_for_update().execution_options(populate_existing=True))
-        assert pace_row is not None
+        lock = (select(MailboxPace.recent, MailboxPace.day, MailboxPace.day_count,
+                       MailboxPace.paused_until)
+                .where(MailboxPace.owner_id == row.owner_id).with_for_update())
+        found = s.execute(lock).first()
+        if found is None:
+            self._ensure_pace_rows(s, [row.owner_id])
+            found = s.execute(lock).one()
         cap = pacing.effective_cap(self.settings.daily_cap,
-                                   self._org_caps(s, {row.org_id}).get(row.org_id),
+                                   self._org_caps(s, {row.org_id})[row.org_id],
                                    getattr(transport, "daily_limit", None))
-        state = self._state(pace_row)
+        state = pacing.MailboxState(recent=tuple(float(t) for t in found.recent or ()),
+                                    day=found.day, day_count=found.day_count,
+                                    paused_until=found.paused_until)
+        other = self._box(row.owner_id).paused_until
+        if other is not None and (state.paused_until is None or other > state.paused_until):
+            state = replace(state, paused_until=other)
         decision = pacing.decide(state, now, self.settings.pace, cap)
         if not decision.allowed:
             return decision.not_before
         after = pacing.record_send(state, now, self.settings.pace)
-        pace_row.recent = list(after.recent)
-        pace_row.day = after.day
-        pace_row.day_count = after.day_count
-        s.flush()
+        s.execute(update(MailboxPace).where(MailboxPace.owner_id == row.owner_id)
+                  .values(recent=list(after.recent), day=after.day,
+                          day_count=after.day_count))
         return None
 
     def _mark_sent(self, held: _Held, row: ScheduledSend, message_id: str, sent: Sent,
@@ -646,8 +688,7 @@ class Dispatcher:
         if row.enrollment_step_id is not None:
             send_finished(s, row.id, now)
             return
-        contact = s.get(Contact, row.contact_id)
-        who = contact_name(contact) if contact is not None else row.to_email
+        who = getattr(row, "contact_name", None) or row.to_email
         record(s, org_id=row.org_id, owner_id=row.owner_id, kind=EventKind.SEND_SENT,
                summary=f"Email to {who} sent",
                data={"send_id": row.id, "task_id": row.task_id,
@@ -856,13 +897,18 @@ def _previous_email(s: Session, step: EnrollmentStep) -> tuple[EnrollmentStep | 
     return prev, send, task
 
 
-def _content(s: Session, row: ScheduledSend, transport: Transport, box: _Box) -> Content:
+def _content(s: Session, row: ScheduledSend, transport: Transport, box: _Box,
+             senders: dict[int, str]) -> Content:
     """The email of a send: stored (task emails, or rendered once before), or rendered."""
+    step_id = row.enrollment_step_id
+    plain = row.subject is not None and step_id is None and row.task_id is None
+    if plain and row.owner_id in senders:
+        return Content(senders[row.owner_id], row.subject or "", row.html or "",
+                       row.text or "")
     user = s.get(User, row.owner_id)
     if user is None:
         raise Problem("the sending rep no longer exists")
-    sender = _sender_of(user, box)
-    step_id = row.enrollment_step_id
+    sender = senders[row.owner_id] = _sender_of(user, box)
     if step_id is None and row.task_id is not None:
         step_id = s.scalar(select(Task.enrollment_step_id).where(Task.id == row.task_id))
     step = s.get(EnrollmentStep, step_id) if step_id is not None else None
