@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -318,3 +319,44 @@ def test_google_grants_other_scopes(mail_app, world, session, monkeypatch, extra
         assert cb.status_code == 302
     else:
         assert cb.status_code == 400 and b"gmail.send" in cb.data
+
+
+class RotatingMsClient:
+    """An msal stand-in whose refresh answers rotate the refresh token."""
+
+    def __init__(self):
+        self.seen = []
+
+    def acquire_token_by_refresh_token(self, refresh_token, scopes):
+        self.seen.append(refresh_token)
+        return {"access_token": f"at-{len(self.seen)}", "expires_in": 3600,
+                "refresh_token": f"rt-{len(self.seen) + 1}"}
+
+
+def test_resolver_keeps_a_rotated_microsoft_refresh_token(mail_app, world, session):
+    """Does the resolver store (encrypted) the new refresh token Microsoft hands back?"""
+    from server.crypto import KeyRing
+    from server.mail import mailboxes as mbx
+    from server.mail.headers import build_message
+    from tests.fake_graph import fake_graph
+
+    ring = KeyRing.parse(f"k1:{KEY}")
+    mbx.connect(session, org_id=world.org.id, owner_id=world.rep.id,
+                provider=Provider.MICROSOFT, email="rep@a.test", display_name="",
+                settings={}, secret={"refresh_token": "rt-1"}, keyring=ring,
+                now=datetime(2026, 11, 24, tzinfo=UTC))
+    session.commit()
+    client = RotatingMsClient()
+    with fake_graph() as (base, state):
+        resolver = MailboxResolver(mail_app, ms_token_client=client, graph_base_url=base)
+        transport = resolver.transport_for(world.rep.id)
+        msg = build_message(send_id=1, sender="rep@a.test", to=["pat@client.test"],
+                            subject="Hi", html="<p>Hi</p>", text=None,
+                            date=datetime(2026, 11, 24, tzinfo=UTC))
+        transport.create_draft(msg)
+        assert state.requests[0].headers["Authorization"] == "Bearer at-1"
+    assert client.seen == ["rt-1"]
+    session.rollback()
+    mb = session.scalar(select(Mailbox).execution_options(populate_existing=True))
+    assert mbx.read_secret(mb, ring) == {"refresh_token": "rt-2"}
+    assert "rt-2" not in (mb.secret or "")
