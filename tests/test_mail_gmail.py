@@ -176,3 +176,24 @@ def test_history_pages_and_raw_messages():
     assert query["pageToken"] == ["p2"]
     data, meta = t.raw_message("b")
     assert data == b"Subject: hi\r\n\r\nbody" and meta["threadId"] == "t1"
+
+
+class TimingOutHttp(HttpMockSequence):
+    """Answers from a sequence, then times out (the request left; no answer came back)."""
+
+    def request(self, uri, method="GET", body=None, headers=None, redirections=1,
+                connection_type=None):
+        if not self._iterable:
+            raise TimeoutError("timed out")
+        return super().request(uri, method, body, headers, redirections, connection_type)
+
+
+def test_a_timeout_on_send_is_an_unknown_outcome_and_elsewhere_transient():
+    """Is drafts.send without an answer OutcomeUnknown, and drafts.create a retry?"""
+    http = TimingOutHttp([ok({"id": "r-1", "message": {"id": "m"}})])
+    t = GmailTransport(build("gmail", "v1", http=http, static_discovery=True))
+    draft = t.create_draft(message())
+    with pytest.raises(OutcomeUnknown, match="no answer"):
+        t.send_draft(draft, message())
+    with pytest.raises(TransientError):
+        t.create_draft(message())
