@@ -355,3 +355,27 @@ def test_a_message_the_campaign_cannot_take_does_not_stop_the_sync(session, worl
     session.refresh(task)
     assert task.status is TaskStatus.OPEN
     assert session.scalars(select(MailMatch)).all() == []
+
+
+def test_a_message_deleted_since_the_history_is_skipped(session, world, now):
+    """Does a message that is gone (404) by the time it is fetched not stall the sync?"""
+    eid = sent_campaign(session, world, now)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    gone = ({"status": "404"}, json.dumps({"error": {"code": 404, "message": "Not Found",
+                                                     "errors": [{"reason": "notFound"}]}}))
+    t, _ = gmail([
+        ok({"history": [{"id": "150", "messagesAdded": [{"message": {"id": "x"}},
+                                                        {"message": {"id": "r1"}}]}],
+            "historyId": "300"}),
+        gone,
+        ok({"id": "r1", "threadId": "thread-1", "labelIds": ["INBOX"],
+            "raw": raw_of("reply_in_reply_to.eml")}),
+    ])
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.replies == 1 and mbx.get_cursor(session, mb.id, "history") == "300"
+    assert session.get(Enrollment, eid, populate_existing=True).status is (
+        EnrollmentStatus.REPLIED)

@@ -122,7 +122,12 @@ class _GmailSource(_Source):
                 if mid in seen:
                     continue
                 seen.add(mid)
-                raw, meta = self.transport.raw_message(mid)
+                try:
+                    raw, meta = self.transport.raw_message(mid)
+                except PermanentError as exc:
+                    if exc.reason.startswith("Gmail 404"):
+                        continue  # deleted since: nothing to detect, and no reason to stall
+                    raise
                 labels = set(meta.get("labelIds") or [])
                 if "DRAFT" in labels:
                     continue
@@ -143,7 +148,12 @@ class _GraphSource(_Source):
                     for item in page.messages:
                         if item.get("isDraft"):
                             continue
-                        raw = self.transport.raw_message(item["id"])
+                        try:
+                            raw = self.transport.raw_message(item["id"])
+                        except PermanentError as exc:
+                            if exc.reason.startswith("Graph 404"):
+                                continue  # deleted or moved since the delta was taken
+                            raise
                         yield Incoming(item["id"], raw, item.get("conversationId"), outgoing)
             final = pages[-1].delta_link if pages else None
             if final:
