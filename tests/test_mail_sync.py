@@ -379,3 +379,25 @@ def test_a_message_deleted_since_the_history_is_skipped(session, world, now):
     assert result.replies == 1 and mbx.get_cursor(session, mb.id, "history") == "300"
     assert session.get(Enrollment, eid, populate_existing=True).status is (
         EnrollmentStatus.REPLIED)
+
+
+def test_an_expired_graph_delta_link_restarts_from_now(session, world, now):
+    """Does a 410 on a saved delta link restart the folder's cursor instead of stalling?"""
+    mb = mailbox(session, world, Provider.MICROSOFT)
+    with fake_graph() as (base, state), requests.Session() as http:
+        delta = f"{base}/me/mailFolders/sentitems/messages/delta"
+        mbx.set_cursor(session, mb.id, "sentitems", f"{delta}?page=0&old=1", NOW)
+        mbx.set_cursor(session, mb.id, "inbox", f"{base}/me/mailFolders/inbox/messages/delta",
+                       NOW)
+        session.commit()
+        state.script("GET", "/me/mailFolders/sentitems/messages/delta", (
+            410, {"error": {"code": "SyncStateNotFound", "message": "resync required"}}, {}))
+        state.delta_pages["sentitems"] = [{"value": [{"id": "old-mail"}],
+                                           "@odata.deltaLink": f"{delta}?page=0&fresh=1"}]
+        t = GraphTransport(lambda: "at", base_url=base, session=http, timeout=5)
+        result = SyncResult()
+        sync_mailbox(session, mb, t, NOW, result)
+        session.commit()
+        assert state.requests[1].query["$filter"] == ["receivedDateTime ge 2026-11-25T11:55:00Z"]
+    assert result.messages == 0
+    assert mbx.get_cursor(session, mb.id, "sentitems").endswith("fresh=1")

@@ -142,7 +142,18 @@ class _GraphSource(_Source):
             link = get_cursor(self.session, self.mb.id, folder)
             # A first walk only looks for where "now" is: nothing older is replayed.
             since = self.now - timedelta(minutes=5) if link is None else None
-            pages = list(self.transport.delta(folder, link, since))
+            try:
+                pages = list(self.transport.delta(folder, link, since))
+            except PermanentError as exc:
+                if link is None or not exc.reason.startswith("Graph 410"):
+                    raise
+                # The delta token expired (410 Gone, "resync required"): start again from
+                # now rather than stall; what happened in between is not replayed.
+                log.warning("mailbox %s: Graph delta of %s expired; resuming from now",
+                            self.mb.id, folder)
+                link = None
+                pages = list(self.transport.delta(folder, None,
+                                                  self.now - timedelta(minutes=5)))
             if link is not None:
                 for page in pages:
                     for item in page.messages:
