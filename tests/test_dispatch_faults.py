@@ -181,8 +181,8 @@ def test_a_stopped_worker_resumed_after_its_lease_calls_nothing_and_writes_nothi
         database_url: str, tmp_path: Path):
     """Does a worker resumed after its lease ran out make no provider call and no write?
 
-    It is SIGSTOPped right after marking a send `sending`; another worker finishes the work
-    before it is resumed with SIGCONT.
+    It is SIGSTOPped right after marking a group of sends `sending`; another worker finishes
+    the work before it is resumed with SIGCONT.
     """
     engine = make_engine(database_url)
     ids = seed(engine, 40, reps=2)
@@ -199,7 +199,7 @@ def test_a_stopped_worker_resumed_after_its_lease_calls_nothing_and_writes_nothi
             with engine.connect() as conn:
                 held = conn.execute(text(
                     "SELECT id, lease_token FROM scheduled_send WHERE status = 'sending'")).all()
-            assert len(held) == 1
+            assert held  # the group it marked sending just before it stopped
             time.sleep(LEASE_SECONDS + 0.5)
             b = start_worker(worker_env(database_url, sink.url), tmp_path / "b.log")
             while statuses(engine)[SendStatus.SENT.value] < len(ids):

@@ -174,6 +174,7 @@ class DispatchSettings:
     lease: timedelta = timedelta(seconds=120)
     margin: timedelta = timedelta(seconds=30)
     batch: int = 50
+    group: int = 10
     pace: pacing.Pace = field(default_factory=pacing.Pace)
     daily_cap: int = 1000
     backoff: pacing.Backoff = field(default_factory=pacing.Backoff)
@@ -195,6 +196,7 @@ class DispatchSettings:
             margin=timedelta(seconds=get("SEND_LEASE_MARGIN_SECONDS",
                                          d.margin.total_seconds())),
             batch=int(get("SEND_BATCH", d.batch)),
+            group=int(get("SEND_GROUP", d.group)),
             pace=pacing.Pace(count=int(get("SEND_PACE_COUNT", d.pace.count)),
                              seconds=get("SEND_PACE_SECONDS", d.pace.seconds)),
             daily_cap=int(get("SEND_DAILY_CAP", d.daily_cap)),
@@ -240,6 +242,29 @@ class Content:
 
 class Problem(Exception):
     """A send that can never be built as it is (missing field, bad address): it fails."""
+
+
+@dataclass
+class _Job:
+    """A row on its way through the send protocol within a group."""
+
+    held: _Held
+    row: ScheduledSend
+    transport: Transport
+    message: OutboundMessage
+    draft: Draft
+    status: SendStatus
+    values: dict[str, Any] | None = None
+
+
+def _sent_values(row: ScheduledSend, message_id: str, sent: Sent, draft: Draft | None,
+                 sent_at: datetime, now: datetime) -> dict[str, Any]:
+    return {"status": SendStatus.SENT, "sent_at": sent_at,
+            "provider_message_id": sent.provider_id,
+            "thread_id": sent.thread_id or (draft.thread_id if draft else None)
+            or row.thread_id,
+            "message_id": message_id, "reason": None, "last_error": None,
+            "next_attempt_at": None, "updated_at": now}
 
 
 @dataclass(frozen=True)
@@ -357,8 +382,10 @@ class Dispatcher:
                 break
             result.claimed += len(held)
             self.crash("after_claim")
-            for one in held:
-                result.add(self.process(one))
+            size = max(self.settings.group, 1)
+            for i in range(0, len(held), size):
+                for outcome in self.process_group(held[i:i + size]):
+                    result.add(outcome)
         return result
 
     def sweep(self) -> int:
@@ -483,46 +510,192 @@ class Dispatcher:
 
     def process(self, held: _Held) -> str:
         """Move one claimed row as far as it can go now; returns the outcome's name."""
-        content: Content | Problem | None = None
+        return self.process_group([held])[0]
+
+    def process_group(self, helds: list[_Held]) -> list[str]:
+        """Move a group of claimed rows through the send protocol together.
+
+        The protocol is the same as for one row — the draft ids are committed before anyone
+        is marked ``sending``, ``sending`` is committed (durably, with the pace slots)
+        before any provider send, and ``sent`` is committed after — but each step's writes
+        for the whole group share one transaction. A crash in the middle leaves each row in
+        a state the sweep and reconciliation already handle. Returns one outcome per row.
+        """
+        outcomes: dict[int, str] = {}
+        jobs: list[_Job] = []
+        for held, row, transport, content in self._load(helds):
+            key = held.claim.id
+            if row is None:
+                outcomes[key] = "lost"
+            elif transport is None:
+                # The mailbox went away since the claim: put the row back to wait.
+                back = (SendStatus.SCHEDULED if row.status is SendStatus.CLAIMED
+                        else row.status)
+                self._write(held, {"status": back}, finish=True)
+                outcomes[key] = "waiting"
+            elif row.status is SendStatus.UNCERTAIN:
+                outcomes[key] = self._reconcile(held, row, transport, content)
+            else:
+                job = self._draft(held, row, transport, content)
+                if isinstance(job, str):
+                    outcomes[key] = job
+                else:
+                    jobs.append(job)
+        fresh = [j for j in jobs if j.values is not None]
+        if fresh:
+            kept = self._write_many([(j.held, j.values or {}) for j in fresh])
+            for job in fresh:
+                if job.held.claim.id in kept:
+                    job.status = SendStatus.DRAFTED
+                else:
+                    outcomes[job.held.claim.id] = "lost"
+            jobs = [j for j in jobs if j.held.claim.id not in outcomes]
+            self.crash("after_draft")
+        sending = self._mark_sending(jobs)
+        for job in jobs:
+            marked = sending[job.held.claim.id]
+            if marked == "lost":
+                outcomes[job.held.claim.id] = "lost"
+            elif isinstance(marked, datetime):
+                # No slot now: wait, still drafted, until the pace or the cap allows it.
+                if job.status is SendStatus.CLAIMED:
+                    _check(job.status, SendStatus.DRAFTED)
+                ok = self._write(job.held, {"status": SendStatus.DRAFTED,
+                                            "next_attempt_at": marked}, finish=True)
+                outcomes[job.held.claim.id] = "deferred" if ok else "lost"
+        jobs = [j for j in jobs if j.held.claim.id not in outcomes]
+        if jobs:
+            self.crash("after_sending")
+        done: list[tuple[_Job, Sent]] = []
+        refused: dict[int, TransportError] = {}
+        for job in jobs:
+            key = job.held.claim.id
+            if job.row.owner_id in refused:
+                # The mailbox refused a moment ago (daily limit, credential): not sent.
+                outcomes[key] = self._pause(job.held, job.row, SendStatus.SENDING,
+                                            refused[job.row.owner_id])
+                continue
+            if not self._fresh(job.held):
+                # Stalled past the margin: no call; the sweep makes it uncertain,
+                # reconciliation finds the draft and schedules it again.
+                log.warning("send %d: too little of the lease is left to send; not sending",
+                            key)
+                outcomes[key] = "lost"
+                continue
+            try:
+                sent = job.transport.send_draft(job.draft, job.message)
+            except (TransientError, OutcomeUnknown) as exc:
+                outcomes[key] = self._unsure(job.held, job.row, exc)
+                continue
+            except PermanentError as exc:
+                outcomes[key] = self._fail(job.held, job.row, SendStatus.SENDING, exc.reason)
+                continue
+            except (DailyLimitError, ReauthRequired) as exc:
+                # Refused before anything left: back to drafted, the mailbox paused.
+                refused[job.row.owner_id] = exc
+                outcomes[key] = self._pause(job.held, job.row, SendStatus.SENDING, exc)
+                continue
+            self.crash("after_provider_send")
+            done.append((job, sent))
+        if done:
+            marked_sent = self._mark_sent_many(done)
+            for job, _sent in done:
+                key = job.held.claim.id
+                outcomes[key] = "sent" if key in marked_sent else "lost"
+        return [outcomes[h.claim.id] for h in helds]
+
+    def _load(self, helds: list[_Held]) -> list[tuple[_Held, ScheduledSend | None,
+                                                       Transport | None,
+                                                       Content | Problem | None]]:
+        """The claimed rows still ours, with their transport and email (one transaction)."""
         now = self.clock.now()
-        if now >= held.expires_at:
-            return "lost"  # known to be gone: not even a fenced statement
+        live = [h for h in helds if now < h.expires_at]
+        out: dict[int, tuple[_Held, ScheduledSend | None, Transport | None,
+                             Content | Problem | None]] = {
+            h.claim.id: (h, None, None, None) for h in helds}
+        if not live:
+            return list(out.values())  # known to be gone: not even a fenced statement
         with self._tx() as s:
-            if held.expires_at - now < self.settings.lease / 2:
-                # Renew first, so the row starts with enough lease however long its batch
-                # has taken so far.
-                if not fenced_update(s, SS, held.claim, now=now, values={},
-                                     extend=self.settings.lease):
-                    return "lost"
-                held.expires_at = now + self.settings.lease
+            for held in live:
+                # Renew first when half the lease is gone, so the row starts with enough
+                # lease however long its batch has taken so far.
+                if held.expires_at - now < self.settings.lease / 2 and fenced_update(
+                        s, SS, held.claim, now=now, values={}, extend=self.settings.lease):
+                    held.expires_at = now + self.settings.lease
+            by_id = {h.claim.id: h for h in live}
             found = s.execute(
                 select(SS, Contact.first_name, Contact.last_name)
                 .join(Contact, Contact.id == SS.contact_id, isouter=True)
-                .where(SS.id == held.claim.id, SS.lease_token == held.claim.token)
-                .execution_options(populate_existing=True)).first()
-            if found is None:
-                return "lost"
-            row = found[0]
-            who = (f"{found.first_name or ''} {found.last_name or ''}".strip()
-                   or row.to_email)
-            transport = self._transport(row.owner_id)
-            if transport is not None and (row.status is not SendStatus.UNCERTAIN
-                                          or row.message_id is not None):
-                try:
-                    content = _content(s, row, transport, self._box(row.owner_id),
-                                       self._senders)
-                except Problem as exc:
-                    content = exc
-            s.expunge(row)
-        row.contact_name = who  # type: ignore[attr-defined]
-        if transport is None:
-            # The mailbox went away since the claim: put the row back to wait.
-            back = SendStatus.SCHEDULED if row.status is SendStatus.CLAIMED else row.status
-            self._write(held, {"status": back}, finish=True)
-            return "waiting"
-        if row.status is SendStatus.UNCERTAIN:
-            return self._reconcile(held, row, transport, content)
-        return self._send(held, row, transport, content)
+                .where(SS.id.in_(list(by_id)), SS.lease_expires_at > now)
+                .execution_options(populate_existing=True)).all()
+            for r in found:
+                row = r[0]
+                held = by_id[row.id]
+                if row.lease_token != held.claim.token:
+                    continue
+                content: Content | Problem | None = None
+                transport = self._transport(row.owner_id)
+                if transport is not None and (row.status is not SendStatus.UNCERTAIN
+                                              or row.message_id is not None):
+                    try:
+                        content = _content(s, row, transport, self._box(row.owner_id),
+                                           self._senders)
+                    except Problem as exc:
+                        content = exc
+                s.expunge(row)
+                row.contact_name = (  # type: ignore[attr-defined]
+                    f"{r.first_name or ''} {r.last_name or ''}".strip() or row.to_email)
+                out[row.id] = (held, row, transport, content)
+        return [out[h.claim.id] for h in helds]
+
+    def _draft(self, held: _Held, row: ScheduledSend, transport: Transport,
+               content: Content | Problem | None) -> _Job | str:
+        """Build the email and create its draft (unless it has one); or the row's outcome."""
+        status = row.status
+        try:
+            if not isinstance(content, Content):
+                raise content or Problem("no content")
+            message = self._message(row, content)
+        except Problem as exc:
+            return self._fail(held, row, status, str(exc))
+        if row.draft_id is not None:
+            return _Job(held, row, transport, message, Draft(row.draft_id, row.thread_id),
+                        status)
+        if not self._fresh(held):
+            return "lost"
+        try:
+            draft = transport.create_draft(message)
+        except (TransientError, OutcomeUnknown) as exc:
+            # Nothing was sent: at worst an orphan draft exists. Retry later.
+            return self._retry(held, row, status, exc, back_to=SendStatus.SCHEDULED)
+        except TransportError as exc:
+            return self._refused(held, row, status, exc)
+        if status is not SendStatus.DRAFTED:
+            _check(status, SendStatus.DRAFTED)
+        values: dict[str, Any] = {"status": SendStatus.DRAFTED, "draft_id": draft.id,
+                                  "message_id": message.message_id,
+                                  "thread_id": draft.thread_id or row.thread_id}
+        if row.subject is None:  # rendered now: kept, so a rebuild is the same email
+            values.update(subject=content.subject, html=content.html, text=content.text)
+        return _Job(held, row, transport, message, draft, status, values)
+
+    def _write_many(self, items: list[tuple[_Held, Mapping[str, Any]]]) -> set[int]:
+        """Fenced writes (renewing each lease) in one transaction; the ids still ours."""
+        now = self.clock.now()
+        kept: set[int] = set()
+        with self._tx() as s:
+            for held, values in items:
+                if fenced_update(s, SS, held.claim, now=now,
+                                 values={**values, "updated_at": now},
+                                 extend=self.settings.lease):
+                    kept.add(held.claim.id)
+        for held, _values in items:
+            if held.claim.id in kept:
+                held.expires_at = now + self.settings.lease
+            else:
+                log.warning("send %d: lease lost, leaving it to its new holder",
+                            held.claim.id)
+        return kept
 
     def _fresh(self, held: _Held) -> bool:
         """Whether enough of the lease remains to start a provider call now."""
@@ -553,90 +726,37 @@ class Dispatcher:
             held.expires_at = now + self.settings.lease
         return True
 
-    def _send(self, held: _Held, row: ScheduledSend, transport: Transport,
-              content: Content | Problem | None) -> str:
-        status = row.status
-        try:
-            if not isinstance(content, Content):
-                raise content or Problem("no content")
-            message = self._message(row, content)
-        except Problem as exc:
-            return self._fail(held, row, status, str(exc))
-        if row.draft_id is None:
-            if not self._fresh(held):
-                return "lost"
-            try:
-                draft = transport.create_draft(message)
-            except (TransientError, OutcomeUnknown) as exc:
-                # Nothing was sent: at worst an orphan draft exists. Retry later.
-                return self._retry(held, row, status, exc, back_to=SendStatus.SCHEDULED)
-            except TransportError as exc:
-                return self._refused(held, row, status, exc)
-            values: dict[str, Any] = {"status": SendStatus.DRAFTED, "draft_id": draft.id,
-                                      "message_id": message.message_id,
-                                      "thread_id": draft.thread_id or row.thread_id}
-            if row.subject is None:  # rendered now: kept, so a rebuild is the same email
-                values.update(subject=content.subject, html=content.html, text=content.text)
-            if status is not SendStatus.DRAFTED:
-                _check(status, SendStatus.DRAFTED)
-            if not self._write(held, values):
-                return "lost"
-            status = SendStatus.DRAFTED
-            self.crash("after_draft")
-        else:
-            draft = Draft(row.draft_id, row.thread_id)
-        # Take the pace slot and mark sending in one transaction; commit before the call.
-        marked = self._mark_sending(held, row, status, transport)
-        if marked == "lost":
-            return "lost"
-        if isinstance(marked, datetime):
-            # No slot now: wait, still drafted, until the pace or the cap allows it.
-            if status is SendStatus.CLAIMED:
-                _check(status, SendStatus.DRAFTED)
-            ok = self._write(held, {"status": SendStatus.DRAFTED, "next_attempt_at": marked},
-                             finish=True)
-            return "deferred" if ok else "lost"
-        self.crash("after_sending")
-        if not self._fresh(held):
-            # Stalled past the margin: no call; the sweep makes it uncertain, reconciliation
-            # finds the draft and schedules it again.
-            log.warning("send %d: too little of the lease is left to send; not sending",
-                        held.claim.id)
-            return "lost"
-        try:
-            sent = transport.send_draft(draft, message)
-        except (TransientError, OutcomeUnknown) as exc:
-            return self._unsure(held, row, exc)
-        except PermanentError as exc:
-            return self._fail(held, row, SendStatus.SENDING, exc.reason)
-        except (DailyLimitError, ReauthRequired) as exc:
-            # Refused before anything left: back to drafted, the mailbox paused.
-            return self._pause(held, row, SendStatus.SENDING, exc)
-        self.crash("after_provider_send")
-        return self._mark_sent(held, row, message.message_id, sent, draft)
+    def _mark_sending(self, jobs: list[_Job]) -> dict[int, str | datetime | None]:
+        """Mark rows ``sending`` and take their pace slots in one durable transaction.
 
-    def _mark_sending(self, held: _Held, row: ScheduledSend, status: SendStatus,
-                      transport: Transport) -> str | datetime | None:
-        """Mark the row ``sending`` and take its pace slot in one committed transaction.
-
-        Returns None when done, the moment a slot opens when the pace or the cap is full
-        (nothing written), or ``"lost"`` when the lease is gone.
+        Per row: None when marked, the moment a slot opens when the pace or the cap is full
+        (nothing written for it), or ``"lost"`` when its lease is gone. Pace rows are
+        locked in owner order, so concurrent workers cannot deadlock on them.
         """
-        _check(status, SendStatus.SENDING)
+        out: dict[int, str | datetime | None] = {}
+        if not jobs:
+            return out
         now = self.clock.now()
         with self._tx(durable=True) as s:
-            until = self._reserve(s, row, transport, now)
-            if until is not None:
-                s.rollback()
-                return until
-            if not fenced_update(s, SS, held.claim, now=now,
+            for job in sorted(jobs, key=lambda j: (j.row.owner_id, j.row.id)):
+                _check(job.status, SendStatus.SENDING)
+                until = self._reserve(s, job.row, job.transport, now)
+                if until is not None:
+                    out[job.held.claim.id] = until
+                    continue
+                if fenced_update(s, SS, job.held.claim, now=now,
                                  values={"status": SendStatus.SENDING, "updated_at": now},
                                  extend=self.settings.lease):
-                s.rollback()
-                log.warning("send %d: lease lost before sending", held.claim.id)
-                return "lost"
-        held.expires_at = now + self.settings.lease
-        return None
+                    out[job.held.claim.id] = None
+                else:
+                    out[job.held.claim.id] = "lost"
+                    log.warning("send %d: lease lost before sending", job.held.claim.id)
+            if all(v == "lost" or isinstance(v, datetime) for v in out.values()):
+                s.rollback()  # nothing to keep (the slots of lost rows are given back)
+        for job in jobs:
+            if out[job.held.claim.id] is None:
+                job.held.expires_at = now + self.settings.lease
+        return out
 
     def _reserve(self, s: Session, row: ScheduledSend, transport: Transport,
                  now: datetime) -> datetime | None:
@@ -665,6 +785,35 @@ class Dispatcher:
                   .values(recent=list(after.recent), day=after.day,
                           day_count=after.day_count))
         return None
+
+    def _mark_sent_many(self, done: list[tuple[_Job, Sent]]) -> set[int]:
+        """Record several sent emails (and what each causes) in one transaction."""
+        now = self.clock.now()
+        kept: set[int] = set()
+        with self._tx() as s:
+            for job, sent in done:
+                row = job.row
+                sent_at = sent.sent_at or now
+                ok = release(s, SS, job.held.claim, now=now, values=_sent_values(
+                    row, job.message.message_id, sent, job.draft, sent_at, now))
+                if not ok:
+                    log.warning("send %d: lease lost before recording it sent; "
+                                "reconciliation will", row.id)
+                    continue
+                kept.add(row.id)
+                if row.enrollment_step_id is None and row.task_id is None:
+                    self._after_sent(s, row, sent_at, job.message.message_id, now)
+                    continue
+                # A campaign or task that cannot take the news must not undo the "sent".
+                try:
+                    with s.begin_nested():
+                        self._after_sent(s, row, sent_at, job.message.message_id, now)
+                except Exception as exc:  # reported on the row and logged, not swallowed
+                    log.exception("send %d was sent but its campaign or task could not "
+                                  "be moved on", row.id)
+                    s.execute(update(SS).where(SS.id == row.id).values(
+                        last_error=f"sent; moving the campaign on failed: {exc}"[:2000]))
+        return kept
 
     def _mark_sent(self, held: _Held, row: ScheduledSend, message_id: str, sent: Sent,
                    draft: Draft | None) -> str:

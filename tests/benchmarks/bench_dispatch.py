@@ -173,13 +173,13 @@ def _worker(url: str, port: int, start: Any, times: Any) -> None:
         s.execute(text("SELECT 1"))
         s.commit()
     start.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = dispatcher.run_once()
-    times.put((t0, time.perf_counter(), result.sent))
+    times.put((t0, time.perf_counter(), result.sent, time.process_time() - c0))
 
 
-def dispatch(url: str, port: int, workers: int) -> tuple[float, int]:
-    """Seconds from the first worker's start to the last one's end, and emails sent."""
+def dispatch(url: str, port: int, workers: int) -> tuple[float, int, float]:
+    """Wall seconds (first start to last end), emails sent, and the workers' CPU seconds."""
     start = mp.Event()
     times: Any = mp.Queue()
     procs = [mp.Process(target=_worker, args=(url, port, start, times)) for _ in range(workers)]
@@ -190,7 +190,8 @@ def dispatch(url: str, port: int, workers: int) -> tuple[float, int]:
     got = [times.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    return max(e for _, e, _ in got) - min(s for s, _, _ in got), sum(n for *_, n in got)
+    return (max(e for _, e, _, _ in got) - min(s for s, _, _, _ in got),
+            sum(n for _, _, n, _ in got), sum(c for *_, c in got))
 
 
 def raw_smtp(port: int, emails: int) -> float:
@@ -235,7 +236,7 @@ def main() -> None:
     url = database_url()
     seed(url, args.emails, args.reps)
     sink = Sink()
-    rows: dict[str, list[float]] = {"raw": [], "w1": [], "w4": [], "claim": []}
+    rows: dict[str, list[float]] = {"raw": [], "w1": [], "w4": [], "claim": [], "cpu1": []}
     try:
         for r in range(args.rounds):
             before = sink.count.value
@@ -245,7 +246,9 @@ def main() -> None:
             for workers, key in ((1, "w1"), (4, "w4")):
                 reset(url)
                 before = sink.count.value
-                seconds, sent = dispatch(url, sink.port, workers)
+                seconds, sent, cpu = dispatch(url, sink.port, workers)
+                if workers == 1:
+                    rows["cpu1"].append(cpu / sent * 1000)
                 delivered = sink.count.value - before
                 assert sent == delivered == args.emails == count_sent(url), (
                     sent, delivered, args.emails)
@@ -255,16 +258,17 @@ def main() -> None:
             assert claimed == args.emails
             rows["claim"].append(seconds / claimed * 1000)
             print(f"round {r + 1}: raw SMTP {rows['raw'][-1]:7.0f}/s | 1 worker "
-                  f"{rows['w1'][-1]:7.0f}/s | 4 workers {rows['w4'][-1]:7.0f}/s | claiming "
+                  f"{rows['w1'][-1]:7.0f}/s ({rows['cpu1'][-1]:.2f} ms CPU/email) | "
+                  f"4 workers {rows['w4'][-1]:7.0f}/s | claiming "
                   f"{rows['claim'][-1]:.3f} ms/email", flush=True)
     finally:
         sink.close()
-    raw, w1, w4, cl = (median(rows[k]) for k in ("raw", "w1", "w4", "claim"))
+    raw, w1, w4, cl, cpu1 = (median(rows[k]) for k in ("raw", "w1", "w4", "claim", "cpu1"))
     print(f"\n{args.emails} emails, {args.reps} reps, median of {args.rounds} rounds "
-          f"(cpus: {os.cpu_count()})")
+          f"(cpus: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f})")
     print(f"  baseline, raw SMTP from one process (no database): {raw:7.0f} emails/s")
     print(f"  1 worker  (PostgreSQL + SMTP):                      {w1:7.0f} emails/s "
-          f"({w1 / raw:.2f}x baseline)")
+          f"({w1 / raw:.2f}x baseline; the worker's own CPU: {cpu1:.2f} ms/email)")
     print(f"  4 workers (PostgreSQL + SMTP):                      {w4:7.0f} emails/s "
           f"({w4 / w1:.2f}x one worker)")
     print(f"  claiming alone, batches of {SETTINGS.batch}:                   {cl:7.3f} ms/email")
