@@ -163,7 +163,7 @@ class MailMatch(Base):
     message_id: Mapped[str | None] = mapped_column(String(998), default=None)
     thread_id: Mapped[str | None] = mapped_column(String(255), default=None)
     task_id: Mapped[int | None] = mapped_column(ForeignKey("task.id", ondelete="SET NULL"),
-                                                default=None)
+                                                default=None, index=True)
     send_id: Mapped[int | None] = mapped_column(
         ForeignKey("scheduled_send.id", ondelete="SET NULL"), default=None)
     enrollment_id: Mapped[int | None] = mapped_column(

@@ -129,6 +129,8 @@ def upgrade() -> None:
         batch_op.create_index('ix_mail_match_message_id', ['message_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_mail_match_enrollment_id'), ['enrollment_id'],
                               unique=False)
+        # The follow-up prefill joins a task's sent match (its thread) by task id.
+        batch_op.create_index(batch_op.f('ix_mail_match_task_id'), ['task_id'], unique=False)
 
 
 def downgrade() -> None:
