@@ -25,7 +25,7 @@ from __future__ import annotations
 import imaplib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -87,120 +87,121 @@ class Incoming:
     outgoing: bool
 
 
-class _Source:
-    """Reads new messages of one mailbox from its cursors (one per provider kind)."""
+@dataclass
+class Fetched:
+    """New messages of one mailbox, and the cursors to save once they are applied."""
 
-    def __init__(self, session: Session, mb: Mailbox, transport: Any, now: datetime) -> None:
-        self.session, self.mb, self.transport, self.now = session, mb, transport, now
-
-    def messages(self) -> Iterator[Incoming]:
-        """New messages since the cursors (empty on a first sync, which sets them)."""
-        raise NotImplementedError
+    messages: list[Incoming] = field(default_factory=list)
+    cursors: dict[str, str] = field(default_factory=dict)
 
 
-class _GmailSource(_Source):
-    def messages(self) -> Iterator[Incoming]:
-        cursor = get_cursor(self.session, self.mb.id, "history")
-        if cursor is None:
-            set_cursor(self.session, self.mb.id, "history",
-                       self.transport.profile_history_id(), self.now)
-            return
-        try:
-            pages = list(self.transport.history(cursor))
-        except PermanentError as exc:
-            if exc.reason.startswith("Gmail 404"):
-                # The history id expired (Gmail keeps about a week): start again from now.
-                log.warning("mailbox %s: Gmail history %s expired; resuming from now",
-                            self.mb.id, cursor)
-                set_cursor(self.session, self.mb.id, "history",
-                           self.transport.profile_history_id(), self.now)
-                return
+#: The cursor folders of each provider.
+FOLDERS: dict[Provider, tuple[str, ...]] = {
+    Provider.GOOGLE: ("history",),
+    Provider.MICROSOFT: ("sentitems", "inbox"),
+    Provider.SMTP: ("imap-sent", "imap-inbox"),
+}
+
+
+def _fetch_gmail(transport: Any, cursors: dict[str, str | None], now: datetime) -> Fetched:
+    out = Fetched()
+    cursor = cursors.get("history")
+    if cursor is None:
+        out.cursors["history"] = transport.profile_history_id()
+        return out
+    try:
+        pages = list(transport.history(cursor))
+    except PermanentError as exc:
+        if not exc.reason.startswith("Gmail 404"):
             raise
-        seen: set[str] = set()
-        for page in pages:
-            for mid in page.message_ids:
-                if mid in seen:
-                    continue
-                seen.add(mid)
-                try:
-                    raw, meta = self.transport.raw_message(mid)
-                except PermanentError as exc:
-                    if exc.reason.startswith("Gmail 404"):
-                        continue  # deleted since: nothing to detect, and no reason to stall
-                    raise
-                labels = set(meta.get("labelIds") or [])
-                if "DRAFT" in labels:
-                    continue
-                yield Incoming(mid, raw, meta.get("threadId"), "SENT" in labels)
-        if pages:
-            set_cursor(self.session, self.mb.id, "history", pages[-1].history_id, self.now)
-
-
-class _GraphSource(_Source):
-    def messages(self) -> Iterator[Incoming]:
-        for folder, outgoing in (("sentitems", True), ("inbox", False)):
-            link = get_cursor(self.session, self.mb.id, folder)
-            # A first walk only looks for where "now" is: nothing older is replayed.
-            since = self.now - timedelta(minutes=5) if link is None else None
+        # The history id expired (Gmail keeps about a week): start again from now.
+        log.warning("Gmail history %s expired; resuming from now", cursor)
+        out.cursors["history"] = transport.profile_history_id()
+        return out
+    seen: set[str] = set()
+    for page in pages:
+        for mid in page.message_ids:
+            if mid in seen:
+                continue
+            seen.add(mid)
             try:
-                pages = list(self.transport.delta(folder, link, since))
+                raw, meta = transport.raw_message(mid)
             except PermanentError as exc:
-                if link is None or not exc.reason.startswith("Graph 410"):
-                    raise
-                # The delta token expired (410 Gone, "resync required"): start again from
-                # now rather than stall; what happened in between is not replayed.
-                log.warning("mailbox %s: Graph delta of %s expired; resuming from now",
-                            self.mb.id, folder)
-                link = None
-                pages = list(self.transport.delta(folder, None,
-                                                  self.now - timedelta(minutes=5)))
-            if link is not None:
-                for page in pages:
-                    for item in page.messages:
-                        if item.get("isDraft"):
-                            continue
-                        try:
-                            raw = self.transport.raw_message(item["id"])
-                        except PermanentError as exc:
-                            if exc.reason.startswith("Graph 404"):
-                                continue  # deleted or moved since the delta was taken
-                            raise
-                        yield Incoming(item["id"], raw, item.get("conversationId"), outgoing)
-            final = pages[-1].delta_link if pages else None
-            if final:
-                set_cursor(self.session, self.mb.id, folder, final, self.now)
+                if exc.reason.startswith("Gmail 404"):
+                    continue  # deleted since: nothing to detect, and no reason to stall
+                raise
+            labels = set(meta.get("labelIds") or [])
+            if "DRAFT" not in labels:
+                out.messages.append(Incoming(mid, raw, meta.get("threadId"), "SENT" in labels))
+    if pages:
+        out.cursors["history"] = pages[-1].history_id
+    return out
 
 
-class _ImapSource(_Source):
-    def messages(self) -> Iterator[Incoming]:
-        cfg = self.transport.config
-        with self.transport._imap() as imap:
-            for folder, outgoing in ((cfg.sent_folder, True), ("INBOX", False)):
-                yield from self._folder(imap, folder, outgoing)
+def _fetch_graph(transport: Any, cursors: dict[str, str | None], now: datetime) -> Fetched:
+    out = Fetched()
+    fresh = now - timedelta(minutes=5)
+    for folder, outgoing in (("sentitems", True), ("inbox", False)):
+        link = cursors.get(folder)
+        # A first walk only looks for where "now" is: nothing older is replayed.
+        try:
+            pages = list(transport.delta(folder, link, fresh if link is None else None))
+        except PermanentError as exc:
+            if link is None or not exc.reason.startswith("Graph 410"):
+                raise
+            # The delta token expired (410 Gone, "resync required"): start again from now
+            # rather than stall; what happened in between is not replayed.
+            log.warning("Graph delta of %s expired; resuming from now", folder)
+            link = None
+            pages = list(transport.delta(folder, None, fresh))
+        if link is not None:
+            for page in pages:
+                for item in page.messages:
+                    if item.get("isDraft"):
+                        continue
+                    try:
+                        raw = transport.raw_message(item["id"])
+                    except PermanentError as exc:
+                        if exc.reason.startswith("Graph 404"):
+                            continue  # deleted or moved since the delta was taken
+                        raise
+                    out.messages.append(Incoming(item["id"], raw, item.get("conversationId"),
+                                                 outgoing))
+        final = pages[-1].delta_link if pages else None
+        if final:
+            out.cursors[folder] = final
+    return out
 
-    def _folder(self, imap: imaplib.IMAP4, folder: str, outgoing: bool) -> Iterator[Incoming]:
-        key = "imap-sent" if outgoing else "imap-inbox"
-        typ, _ = imap.select(self.transport._folder(folder), readonly=True)
-        if typ != "OK":
-            return
-        validity = _untagged(imap, "UIDVALIDITY")
-        cursor = get_cursor(self.session, self.mb.id, key)
-        last = 0
-        if cursor and cursor.split(":")[0] == validity:
-            last = int(cursor.split(":")[1])
-        typ, data = imap.uid("SEARCH", None, f"UID {last + 1}:*")
-        uids = sorted(int(u) for u in (data[0] or b"").split()) if typ == "OK" else []
-        uids = [u for u in uids if u > last]
-        if cursor is None or cursor.split(":")[0] != validity:
-            set_cursor(self.session, self.mb.id, key, f"{validity}:{uids[-1] if uids else 0}",
-                       self.now)
-            return
-        for uid in uids[:MAX_MESSAGES_PER_PASS]:
-            typ, fetched = imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
-            raw = next((part[1] for part in fetched or [] if isinstance(part, tuple)), None)
-            if typ == "OK" and raw:
-                yield Incoming(f"{key}:{validity}:{uid}", raw, None, outgoing)
-            set_cursor(self.session, self.mb.id, key, f"{validity}:{uid}", self.now)
+
+def _fetch_imap(transport: Any, cursors: dict[str, str | None], now: datetime) -> Fetched:
+    out = Fetched()
+    cfg = transport.config
+    with transport._imap() as imap:
+        for folder, key, outgoing in ((cfg.sent_folder, "imap-sent", True),
+                                      ("INBOX", "imap-inbox", False)):
+            typ, _ = imap.select(transport._folder(folder), readonly=True)
+            if typ != "OK":
+                continue
+            validity = _untagged(imap, "UIDVALIDITY")
+            cursor = cursors.get(key)
+            known = cursor is not None and cursor.split(":")[0] == validity
+            last = int(cursor.split(":")[1]) if known and cursor else 0
+            typ, data = imap.uid("SEARCH", None, f"UID {last + 1}:*")
+            uids = sorted(int(u) for u in (data[0] or b"").split()) if typ == "OK" else []
+            uids = [u for u in uids if u > last]
+            if not known:
+                # First sync (or the folder was rebuilt): remember where it is now.
+                out.cursors[key] = f"{validity}:{uids[-1] if uids else 0}"
+                continue
+            for uid in uids[:MAX_MESSAGES_PER_PASS]:
+                typ, fetched = imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
+                raw = next((part[1] for part in fetched or [] if isinstance(part, tuple)),
+                           None)
+                if typ == "OK" and raw:
+                    out.messages.append(Incoming(f"{key}:{validity}:{uid}", raw, None,
+                                                 outgoing))
+                out.cursors[key] = f"{validity}:{uid}"
+    return out
 
 
 def _untagged(imap: imaplib.IMAP4, name: str) -> str:
@@ -209,15 +210,26 @@ def _untagged(imap: imaplib.IMAP4, name: str) -> str:
     return item.decode() if isinstance(item, bytes) else str(item or "0")
 
 
-def _source(session: Session, mb: Mailbox, transport: Any, now: datetime) -> _Source | None:
+def fetch(mb: Mailbox, transport: Any, cursors: dict[str, str | None],
+          now: datetime) -> Fetched | None:
+    """Read a mailbox's new messages from its cursors (provider calls only, no database).
+
+    None when the mailbox has nothing to sync (the local outbox, SMTP without IMAP).
+    """
     if mb.provider is Provider.GOOGLE:
-        return _GmailSource(session, mb, transport, now)
+        return _fetch_gmail(transport, cursors, now)
     if mb.provider is Provider.MICROSOFT:
-        return _GraphSource(session, mb, transport, now)
+        return _fetch_graph(transport, cursors, now)
     if mb.provider is Provider.SMTP and getattr(transport, "config", None) is not None \
             and transport.config.imap_host:
-        return _ImapSource(session, mb, transport, now)
+        return _fetch_imap(transport, cursors, now)
     return None
+
+
+def load_cursors(session: Session, mb: Mailbox) -> dict[str, str | None]:
+    """The saved cursors of a mailbox's folders (None where it was never synced)."""
+    return {folder: get_cursor(session, mb.id, folder)
+            for folder in FOLDERS.get(Provider(mb.provider), ())}
 
 
 # -- applying matches -----------------------------------------------------------------------
@@ -460,15 +472,14 @@ def process(session: Session, mb: Mailbox, user: User, msg: Incoming, now: datet
         result.replies += 1
 
 
-def sync_mailbox(session: Session, mb: Mailbox, transport: Any, now: datetime,
-                 result: SyncResult) -> None:
-    """Sync one mailbox: read new messages from its cursors and act on each. Caller commits."""
+def apply(session: Session, mb: Mailbox, fetched: Fetched, now: datetime,
+          result: SyncResult) -> None:
+    """Act on fetched messages, then save the cursors (in the caller's transaction)."""
     user = session.get(User, mb.owner_id)
-    source = _source(session, mb, transport, now)
-    if user is None or source is None:
+    if user is None:
         return
     result.mailboxes += 1
-    for msg in source.messages():
+    for msg in fetched.messages:
         try:
             with session.begin_nested():
                 process(session, mb, user, msg, now, result)
@@ -478,14 +489,28 @@ def sync_mailbox(session: Session, mb: Mailbox, transport: Any, now: datetime,
             # reported and the pass goes on.
             log.warning("mailbox %s: message %s not applied: %s", mb.id, msg.provider_id, exc)
             result.errors.append(f"mailbox {mb.id}: message {msg.provider_id}: {exc}")
+    for folder, cursor in fetched.cursors.items():
+        set_cursor(session, mb.id, folder, cursor, now)
+
+
+def sync_mailbox(session: Session, mb: Mailbox, transport: Any, now: datetime,
+                 result: SyncResult) -> None:
+    """Sync one mailbox in one session: read its cursors, fetch, apply. Caller commits."""
+    fetched = fetch(mb, transport, load_cursors(session, mb), now)
+    if fetched is not None:
+        apply(session, mb, fetched, now, result)
 
 
 def sync_mailboxes(app: Flask, now: datetime, *, resolver: Any = None,
                    monotonic: Callable[[], float] = time.monotonic) -> SyncResult:
     """One sync pass over the connected mailboxes that are due (called by ``relay worker``).
 
-    Errors are per mailbox: a refused credential marks it ``needs_reauth``; any other
-    provider error is logged and the mailbox is tried again on a later pass.
+    Each mailbox is synced in three steps so that no database transaction stays open while
+    a provider answers (on SQLite an open write would block the web app): read the cursors,
+    fetch from the provider with no transaction, then apply in one write transaction — which,
+    on PostgreSQL, first locks the mailbox row (``SKIP LOCKED``) and drops the batch if
+    another worker moved the cursors meanwhile. Errors are per mailbox: a refused credential
+    marks it ``needs_reauth``; any other provider error is logged and retried next pass.
     """
     from server.mail.providers import MailboxResolver
 
@@ -496,36 +521,48 @@ def sync_mailboxes(app: Flask, now: datetime, *, resolver: Any = None,
         resolver = app.extensions.get("relay.mailbox_resolver")
         if resolver is None:
             resolver = app.extensions["relay.mailbox_resolver"] = MailboxResolver(app)
-    sessions = app.extensions["relay.write_sessionmaker"]
-    with sessions() as session:
-        ids = session.scalars(select(Mailbox.id).where(
+    reads = app.extensions["relay.sessionmaker"]
+    writes = app.extensions["relay.write_sessionmaker"]
+    with reads() as session:
+        boxes = session.scalars(select(Mailbox).where(
             Mailbox.status == MailboxStatus.CONNECTED,
             Mailbox.provider.in_((Provider.GOOGLE, Provider.MICROSOFT, Provider.SMTP)))
         ).all()
+        cursors = {mb.id: load_cursors(session, mb) for mb in boxes}
+        session.expunge_all()
         session.commit()
-    for mailbox_id in ids:
-        if mailbox_id in last and monotonic() - last[mailbox_id] < every:
+    for mb in boxes:
+        if mb.id in last and monotonic() - last[mb.id] < every:
             continue
-        last[mailbox_id] = monotonic()
-        with sessions() as session:
-            stmt = select(Mailbox).where(Mailbox.id == mailbox_id,
+        last[mb.id] = monotonic()
+        try:
+            # The resolver's cached transport (and its access token) when it has one.
+            cached = getattr(resolver, "transport_for", None)
+            transport = cached(mb.owner_id) if cached is not None else resolver.build(mb)
+            if transport is None:
+                continue
+            fetched = fetch(mb, transport, cursors[mb.id], now)
+        except ReauthRequired as exc:
+            with writes() as session:
+                mark_needs_reauth(session, mb.id, exc.reason, now)
+                session.commit()
+            result.errors.append(f"mailbox {mb.id}: {exc.reason}")
+            continue
+        except (TransportError, OSError, imaplib.IMAP4.error) as exc:
+            log.warning("mailbox %s: sync failed, will retry: %s", mb.id, exc)
+            result.errors.append(f"mailbox {mb.id}: {exc}")
+            continue
+        if fetched is None:
+            continue
+        with writes() as session:
+            stmt = select(Mailbox).where(Mailbox.id == mb.id,
                                          Mailbox.status == MailboxStatus.CONNECTED)
             if session.get_bind().dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
-            mb = session.scalar(stmt)
-            if mb is None:
-                session.commit()
+            row = session.scalar(stmt)
+            if row is None or load_cursors(session, row) != cursors[mb.id]:
+                session.rollback()  # disconnected, or another worker applied this batch
                 continue
-            try:
-                sync_mailbox(session, mb, resolver.build(mb), now, result)
-                session.commit()
-            except ReauthRequired as exc:
-                session.rollback()
-                mark_needs_reauth(session, mailbox_id, exc.reason, now)
-                session.commit()
-                result.errors.append(f"mailbox {mailbox_id}: {exc.reason}")
-            except (TransportError, OSError, imaplib.IMAP4.error) as exc:
-                session.rollback()
-                log.warning("mailbox %s: sync failed, will retry: %s", mailbox_id, exc)
-                result.errors.append(f"mailbox {mailbox_id}: {exc}")
+            apply(session, row, fetched, now, result)
+            session.commit()
     return result

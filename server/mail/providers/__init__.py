@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.crypto import KeyRing, keyring_from_config
@@ -84,11 +85,13 @@ class MailboxResolver:
         if isinstance(app_or_session_factory, sessionmaker) or callable(
                 app_or_session_factory) and not hasattr(app_or_session_factory, "extensions"):
             self._sessions = app_or_session_factory
+            self._write_sessions = app_or_session_factory
             self.config: Mapping[str, Any] = config or {}
             self.instance_path = Path(instance_path or "instance")
         else:
             app = app_or_session_factory
             self._sessions = app.extensions["relay.sessionmaker"]
+            self._write_sessions = app.extensions["relay.write_sessionmaker"]
             self.config = config or app.config
             self.instance_path = Path(instance_path or app.instance_path)
         self._keyring = keyring
@@ -134,7 +137,9 @@ class MailboxResolver:
             return None
         if mb.status is not MailboxStatus.CONNECTED:
             return None
-        key = (mb.id, mb.provider, mb.updated_at, mb.connected_at, mb.secret)
+        # A reconnect (new credentials) changes connected_at; a rotated refresh token stored
+        # by the transport itself, a re-encryption or a pause keep the built transport.
+        key = (mb.id, mb.provider, mb.connected_at)
         with self._lock:
             cached = self._cache.get(owner_id)
             if cached is not None and cached[0] == key:
@@ -186,8 +191,14 @@ class MailboxResolver:
                               clock=self._clock)
 
     def _store_refresh(self, mailbox_id: int, refresh_token: str) -> None:
-        """Keep a rotated refresh token (Microsoft may issue a new one on each refresh)."""
-        session: Session = self._sessions()
+        """Keep a rotated refresh token (Microsoft may issue a new one on each refresh).
+
+        Best effort, in its own short write transaction: the token refresh happens in the
+        middle of a provider call, and failing to store the new token must not fail the send
+        (the previous refresh token stays usable until it expires; the next refresh tries
+        again).
+        """
+        session: Session = self._write_sessions()
         try:
             mb = session.get(Mailbox, mailbox_id)
             if mb is not None and mb.secret is not None:
@@ -195,5 +206,9 @@ class MailboxResolver:
                 secret["refresh_token"] = refresh_token
                 mb.secret = self.keyring.encrypt(json.dumps(secret))
                 session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            log.warning("mailbox %s: could not store the rotated refresh token: %s",
+                        mailbox_id, type(exc).__name__)
         finally:
             session.close()
