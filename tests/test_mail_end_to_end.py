@@ -120,3 +120,46 @@ def test_automatic_follow_up_leaves_through_graph_as_a_reply(mail_app, session, 
     assert mbx.read_secret(mb, KeyRing.parse(f"k1:{KEY}")) == {"refresh_token": "rt-2"}
     # No transaction was open during a provider call (the store would have waited, then failed).
     assert "could not store the rotated refresh token" not in caplog.text
+
+
+def test_automatic_follow_up_leaves_through_gmail_in_its_thread(mail_app, session, world, now):
+    """Do both emails go through drafts.create/send, the follow-up in the first's thread?"""
+    import base64
+    import json
+
+    from googleapiclient.http import HttpMockSequence
+
+    def ok(body):
+        return ({"status": "200"}, json.dumps(body))
+
+    http = HttpMockSequence([
+        ok({"id": "r-1", "message": {"id": "m-1", "threadId": "t-1"}}),
+        ok({"id": "m-1", "threadId": "t-1", "labelIds": ["SENT"]}),
+        ok({"id": "r-2", "message": {"id": "m-2", "threadId": "t-1"}}),
+        ok({"id": "m-2", "threadId": "t-1", "labelIds": ["SENT"]}),
+        ok({"emailAddress": "rep@a.test", "historyId": "500"}),  # the sync's first pass
+    ])
+    mbx.connect(session, org_id=world.org.id, owner_id=world.rep.id, provider=Provider.GOOGLE,
+                email="rep@a.test", display_name="Rita Rep", settings={},
+                secret={"refresh_token": "1//r"}, keyring=KeyRing.parse(f"k1:{KEY}"), now=now)
+    eid = follow_up_campaign(session, world, now)
+    mail_app.extensions["relay.mailbox_resolver"] = MailboxResolver(mail_app,
+                                                                    gmail_http=lambda c: http)
+    tick(mail_app, DAY1)
+    tick(mail_app, DAY2)
+    first, second = sends(session, eid)
+    assert (first.status, second.status) == (SendStatus.SENT, SendStatus.SENT), (
+        first.reason, second.reason)
+    assert (first.provider_message_id, first.thread_id) == ("m-1", "t-1")
+    calls = [(method, uri.split("?")[0].rsplit("/users/me/", 1)[1])
+             for uri, method, _body, _headers in http.request_sequence]
+    # Both emails leave in the first pass (the follow-up falls due as soon as the first left,
+    # launch day counting as day 1); the mailbox sync then records where the mailbox is.
+    assert calls == [("POST", "drafts"), ("POST", "drafts/send"), ("POST", "drafts"),
+                     ("POST", "drafts/send"), ("GET", "profile")]
+    follow = json.loads(http.request_sequence[2][2])
+    assert follow["message"]["threadId"] == "t-1"
+    raw = BytesParser(policy=default).parsebytes(
+        base64.urlsafe_b64decode(follow["message"]["raw"]))
+    assert raw["In-Reply-To"] == first.message_id
+    assert json.loads(http.request_sequence[3][2]) == {"id": "r-2"}
