@@ -66,12 +66,11 @@ def outbox_machine(app: Flask, session: Session, world: World, now: datetime
     sessions = app.extensions["relay.write_sessionmaker"]
 
     class Outbox(RuleBasedStateMachine):
-        @initialize(mode=st.sampled_from(sorted(PROVIDER_MODES)), n=st.integers(0, 6))
+        @initialize(mode=st.sampled_from(sorted(PROVIDER_MODES)), n=st.integers(1, 6))
         def start(self, mode: str, n: int) -> None:
             self.setup()
             self.provider_mode(mode)
-            if n:
-                self.enqueue(n, 0)
+            self.enqueue(n, 0)
 
         def setup(self) -> None:
             with sessions.begin() as s:
@@ -214,6 +213,6 @@ def test_outbox_state_machine(app: Flask, session: Session, world: World, now: d
     Under any interleaving of claims, steps, crashes, sweeps, clock moves and provider faults.
     """
     run_state_machine_as_test(outbox_machine(app, session, world, now), settings=settings(
-        max_examples=40, stateful_step_count=30, deadline=None,
+        max_examples=80, stateful_step_count=25, deadline=None,
         suppress_health_check=list(HealthCheck)))
 
