@@ -29,6 +29,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # These libraries log whole token responses (refresh tokens included) at DEBUG: they stay
+    # at WARNING whatever the root level, so no secret reaches a log (CONVENTIONS 10).
+    for name in ("requests_oauthlib", "oauthlib", "msal", "google_auth_oauthlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     db.init_app(app)
 
@@ -48,6 +52,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                    web_views, prefill_views):
         app.register_blueprint(module.bp)
     app.register_blueprint(outbox_views.bp)
+
+    from server.mail import connect_views as mailbox_views
+
+    app.register_blueprint(mailbox_views.bp)
+    app.register_blueprint(mailbox_views.callback_bp)
+
+    from server.web import mailbox as mailbox_pages
+
+    app.register_blueprint(mailbox_pages.bp)
     for module in (campaign_views,):
         if hasattr(module, "enrollments_bp"):
             app.register_blueprint(module.enrollments_bp)

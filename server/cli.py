@@ -104,6 +104,31 @@ def user_create(email: str, name: str, org_name: str, role: str, title: str, tim
 
 
 @main.group()
+def mailboxes() -> None:
+    """Mailbox connection commands."""
+
+
+@mailboxes.command("rekey")
+def mailboxes_rekey() -> None:
+    """Re-encrypt every stored mailbox secret with the current (first) ENCRYPTION_KEYS key.
+
+    Rotate by putting a new kid:key first in ENCRYPTION_KEYS, running this, then removing the
+    old key.
+    """
+    from server.crypto import KeyConfigError, keyring_from_config
+    from server.mail.mailboxes import reencrypt_secrets
+
+    app = _app()
+    try:
+        ring = keyring_from_config(dict(app.config), app.instance_path)
+        with session_scope(app) as session:
+            changed = reencrypt_secrets(session, ring)
+    except KeyConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"re-encrypted {changed} secret(s) with key {ring.current}")
+
+
+@main.group()
 def token() -> None:
     """API token commands."""
 

@@ -43,6 +43,24 @@ ENV_VARS: dict[str, str | None] = {
     "RELAY_ENV": "development",
     "FEED_STREAM_SECONDS": "25",
     "WORKER_POLL_SECONDS": "5",
+    # The outbox dispatcher (server/mail/dispatcher.py; the README's Sending table).
+    "SEND_LEASE_SECONDS": "120",
+    "SEND_LEASE_MARGIN_SECONDS": "30",
+    "SEND_BATCH": "50",
+    "SEND_PACE_COUNT": "25",
+    "SEND_PACE_SECONDS": "45",
+    "SEND_DAILY_CAP": "1000",
+    "SEND_MAX_RETRIES": "8",
+    "SEND_BACKOFF_BASE_SECONDS": "30",
+    "SEND_BACKOFF_CAP_SECONDS": "3600",
+    "MAIL_SINK_URL": None,
+    # Mailbox connections and sync (server/mail/; the README's Mailboxes section).
+    "MAIL_OUTBOX_DIR": None,
+    "MAIL_SYNC_SECONDS": "60",
+    "GOOGLE_AUTH_URI": None,
+    "GOOGLE_TOKEN_URI": None,
+    "MS_AUTHORITY": None,
+    "GRAPH_BASE_URL": None,
 }
 
 
@@ -75,6 +93,7 @@ def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> d
     cfg["FEED_STREAM_SECONDS"] = float(cfg["FEED_STREAM_SECONDS"])
     cfg["WORKER_POLL_SECONDS"] = float(cfg["WORKER_POLL_SECONDS"])
     cfg["SALESFORCE_POLL_SECONDS"] = float(cfg["SALESFORCE_POLL_SECONDS"])
+    cfg["MAIL_SYNC_SECONDS"] = float(cfg["MAIL_SYNC_SECONDS"])
     return cfg
 
 

@@ -50,8 +50,11 @@ def has_prompt(*parts: str | None) -> bool:
 
 
 def mailbox_connected(session: Session, user: User) -> bool:
-    """Whether the rep's mailbox can send. Always False until the sending issue lands."""
-    return False
+    """Whether the rep has connected a mailbox (a daily-limit pause still counts)."""
+    from server.mail.mailboxes import MailboxStatus, get_mailbox
+
+    mb = get_mailbox(session, user.id)
+    return mb is not None and mb.status is MailboxStatus.CONNECTED
 
 
 def _lock_task(session: Session, user: User, task_id: int) -> Task:

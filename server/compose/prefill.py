@@ -33,6 +33,7 @@ from server.compose.render import OutputTooLarge, Rendered, TemplateInvalid, ren
 from server.contacts.models import Contact
 from server.db import utcnow
 from server.errors import Conflict
+from server.mail.mailboxes import Mailbox, MailboxStatus, MailMatch, MatchKind
 from server.mail.models import ScheduledSend, SendStatus
 from server.tasks.models import Task
 
@@ -64,6 +65,8 @@ class PreviousEmail:
     done_at: datetime | None = None
     planned_at: datetime | None = None
     message_id: str | None = None
+    #: The provider's thread of the email that left (Gmail threadId, Graph conversationId).
+    thread_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class PrefillInput:
     sender_timezone: str
     template: TemplateText
     previous: PreviousEmail | None = None
+    #: The rep's connected mailbox provider (``google``, ``microsoft``…), for threading.
+    mailbox_provider: str | None = None
 
 
 def contact_display_name(contact: Mapping[str, Any]) -> str:
@@ -164,12 +169,17 @@ def build_prefill(data: PrefillInput, *, now: datetime) -> dict[str, Any]:
         text = f"{text.rstrip()}\n\n{quoted_text}" if text.strip() else quoted_text
         # Threading (E3) needs the Message-ID of an email that really left.
         message_id = prev.message_id if prev.done else None
+        thread = prev.thread_id if prev.done else None
         follow_up = {
             "quoted_html": quoted_html,
             "quoted_text": quoted_text,
             "in_reply_to": message_id,
             "references": message_id,
-            "thread": {"gmail_thread_id": None, "outlook_conversation_id": None},
+            "thread": {
+                "gmail_thread_id": thread if data.mailbox_provider == "google" else None,
+                "outlook_conversation_id": (thread if data.mailbox_provider == "microsoft"
+                                            else None),
+            },
         }
 
     missing = list(dict.fromkeys(missing))
@@ -223,6 +233,7 @@ _prev_cstep = aliased(CampaignStep, name="pcs")
 _prev_tpl = aliased(Template, name="ptpl")
 _prev_task = aliased(Task, name="ptask")
 _prev_send = aliased(ScheduledSend, name="psend")
+_prev_match = aliased(MailMatch, name="pmatch")
 
 
 _CALLER = (User.id.label("user_id"), User.name.label("user_name"),
@@ -260,6 +271,10 @@ def _prefill_query(by_token: bool = False) -> Any:
             _prev_task.message_id.label("prev_message_id"),
             _prev_send.status.label("prev_send_status"),
             _prev_send.sent_at.label("prev_send_sent_at"),
+            _prev_send.message_id.label("prev_send_message_id"),
+            _prev_send.thread_id.label("prev_send_thread_id"),
+            _prev_match.thread_id.label("prev_task_thread_id"),
+            Mailbox.provider.label("mailbox_provider"),
         )
         .select_from(Task)
         .join(Campaign, Campaign.id == Task.campaign_id)
@@ -275,6 +290,11 @@ def _prefill_query(by_token: bool = False) -> Any:
                                     _prev_step.position == _step.position - 1))
         .outerjoin(_prev_task, _prev_task.enrollment_step_id == _prev_step.id)
         .outerjoin(_prev_send, _prev_send.enrollment_step_id == _prev_step.id)
+        # The thread of a previous email the rep sent by hand, as the mailbox sync found it.
+        .outerjoin(_prev_match, and_(_prev_match.task_id == _prev_task.id,
+                                     _prev_match.kind == MatchKind.SENT))
+        .outerjoin(Mailbox, and_(Mailbox.owner_id == Task.owner_id,
+                                 Mailbox.status == MailboxStatus.CONNECTED))
         .where(Task.id == bindparam("task_id"))
     )
     if not by_token:
@@ -322,7 +342,12 @@ def _previous(row: Row[Any]) -> PreviousEmail | None:
             row.prev_task_sent_at if done else None),
         done_at=row.prev_done_at,
         planned_at=row.prev_planned_at,
-        message_id=row.prev_message_id if done else None,
+        # An automatic email carries the dispatcher's Message-ID and thread; one the rep sent
+        # by hand, what they (or the mailbox sync) recorded on the task.
+        message_id=(row.prev_send_message_id if sent_by_outbox else row.prev_message_id)
+        if done else None,
+        thread_id=(row.prev_send_thread_id if sent_by_outbox else row.prev_task_thread_id)
+        if done else None,
     )
 
 
@@ -337,6 +362,7 @@ def prefill_input(row: Row[Any], sender: Mapping[str, Any], timezone: str) -> Pr
         contact=contact, sender=sender, sender_timezone=timezone,
         template=TemplateText(row.subject or "", row.body_html or ""),
         previous=_previous(row),
+        mailbox_provider=row.mailbox_provider.value if row.mailbox_provider else None,
     )
 
 

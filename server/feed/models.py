@@ -25,6 +25,8 @@ class EventKind(enum.StrEnum):
     SEND_FAILED = "send.failed"
     PERSON_ADDED = "person.added"
     PERSON_REMOVED = "person.removed"
+    REPLY_RECEIVED = "reply.received"
+    BOUNCE_RECEIVED = "bounce.received"
 
 
 class FeedEvent(Base):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from server.db import Base, enum_column, utcnow
+from server.db import Base, JSONType, enum_column, utcnow
 from server.outbox.leases import Leased
 
 
@@ -30,12 +31,21 @@ SEND_TRANSITIONS: dict[SendStatus, frozenset[SendStatus]] = {
     SendStatus.SCHEDULED: frozenset(
         {SendStatus.CLAIMED, SendStatus.CANCELLED, SendStatus.NEEDS_ATTENTION}
     ),
+    # CLAIMED -> SENDING: a row whose draft reconciliation kept (it is sent from that draft).
     SendStatus.CLAIMED: frozenset(
-        {SendStatus.DRAFTED, SendStatus.SCHEDULED, SendStatus.FAILED, SendStatus.CANCELLED}
+        {SendStatus.DRAFTED, SendStatus.SCHEDULED, SendStatus.FAILED, SendStatus.CANCELLED,
+         SendStatus.SENDING}
     ),
+    # A drafted row whose lease ran out is resumed as it is (its draft exists, it was never
+    # marked sending); one that cannot get a pacing slot yet waits, still drafted.
     SendStatus.DRAFTED: frozenset({SendStatus.SENDING, SendStatus.UNCERTAIN, SendStatus.FAILED}),
-    SendStatus.SENDING: frozenset({SendStatus.SENT, SendStatus.UNCERTAIN, SendStatus.FAILED}),
-    SendStatus.UNCERTAIN: frozenset({SendStatus.SENT, SendStatus.SCHEDULED, SendStatus.FAILED}),
+    # SENDING -> DRAFTED only when the provider refused before acting (daily limit, reauth).
+    SendStatus.SENDING: frozenset({SendStatus.SENT, SendStatus.UNCERTAIN, SendStatus.FAILED,
+                                   SendStatus.DRAFTED}),
+    # Reconciliation: found in Sent -> sent; draft still there -> scheduled again; not known
+    # -> needs_attention (never guessed).
+    SendStatus.UNCERTAIN: frozenset({SendStatus.SENT, SendStatus.SCHEDULED, SendStatus.FAILED,
+                                     SendStatus.NEEDS_ATTENTION}),
 }
 
 
@@ -76,3 +86,42 @@ class ScheduledSend(Leased, Base):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The dispatcher's bookkeeping (server/mail/dispatcher.py).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    message_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    draft_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    thread_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class MailboxPace(Base):
+    """The sending state of one rep's mailbox, shared by every worker process.
+
+    ``recent`` holds the moments (epoch seconds) of the mailbox's latest sends, at most the
+    pace's count, so the sliding-window pace is checked exactly; ``day``/``day_count`` count
+    the sends of the current UTC day for the daily cap; ``paused_until`` stops the mailbox
+    (a provider daily limit, a refused credential).
+    """
+
+    __tablename__ = "mailbox_pace"
+
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("user.id", ondelete="CASCADE"), primary_key=True
+    )
+    recent: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    day: Mapped[date | None] = mapped_column(Date, default=None)
+    day_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    paused_until: Mapped[datetime | None] = mapped_column(default=None)
+    pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class OrgSendPolicy(Base):
+    """An org's own daily cap per rep (default ``SEND_DAILY_CAP``; never above the provider's)."""
+
+    __tablename__ = "org_send_policy"
+
+    org_id: Mapped[int] = mapped_column(ForeignKey("org.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    daily_cap: Mapped[int] = mapped_column(Integer)

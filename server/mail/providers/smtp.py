@@ -1,0 +1,291 @@
+"""SMTP (+ optional IMAP) mailboxes, for self-hosting.
+
+The draft of an SMTP send is the built message itself (kept by the caller, and APPENDed to the
+IMAP Drafts folder when IMAP is configured). Sending walks the SMTP dialogue step by step so
+that a failure is classified by *where* it happened: anything before the end of ``DATA`` means
+the server never took the message (retry or fail); a connection lost while the message body
+was on its way or before the server's answer to it means nobody knows (``OutcomeUnknown``).
+Reconciliation searches the IMAP Sent folder for our ``Message-ID``; without IMAP there is no
+way to look, so the outcome stays ``UNKNOWN`` (the dispatcher leaves it for a person).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import logging
+import re
+import smtplib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from server.db import utcnow
+from server.mail.headers import message_bytes
+from server.mail.mailboxes import SMTP_DEFAULT_LIMIT
+from server.mail.transport import (
+    DailyLimitError,
+    Draft,
+    OutboundMessage,
+    Outcome,
+    OutcomeUnknown,
+    PermanentError,
+    ReauthRequired,
+    Reconciled,
+    Sent,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Server answers that mean "this mailbox has sent its quota for the day" (Gmail's
+#: ``550 5.4.5 Daily user sending limit exceeded``, Exchange's ``5.2.2 … submission quota``).
+_DAILY = re.compile(r"5\.4\.5|daily (user )?sending (quota|limit)|submission quota|"
+                    r"sending limit exceeded", re.I)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where and how to reach the SMTP server (and IMAP, when configured)."""
+
+    host: str
+    port: int = 587
+    security: str = "starttls"  # "starttls", "ssl" or "none"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+    imap_host: str | None = None
+    imap_port: int = 993
+    imap_security: str = "ssl"  # "ssl", "starttls" or "none"
+    sent_folder: str = "Sent"
+    drafts_folder: str = "Drafts"
+    #: Whether to APPEND a copy to the Sent folder after sending (servers like Gmail's
+    #: file sent mail themselves; most others do not).
+    save_sent: bool = True
+
+    def __repr__(self) -> str:
+        # The password never appears in a repr (and so in no log line or traceback).
+        return (f"SmtpConfig(host={self.host!r}, port={self.port}, security={self.security!r},"
+                f" username={self.username!r}, imap_host={self.imap_host!r})")
+
+
+def _code_error(code: int, text: str, what: str) -> Exception:
+    """The transport error for an SMTP reply code the server gave to ``what``."""
+    reason = f"SMTP {what}: {code} {text}".strip()
+    if _DAILY.search(text):
+        return DailyLimitError(reason)
+    if code in (530, 534, 535):
+        return ReauthRequired(reason)
+    if 400 <= code < 500:
+        return TransientError(reason)
+    return PermanentError(reason)
+
+
+def _text(resp: Any) -> str:
+    return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
+
+
+class SmtpTransport:
+    """A mailbox reached over SMTP, with IMAP for drafts, reconciliation and detection."""
+
+    kind = "smtp"
+
+    def __init__(self, config: SmtpConfig, daily_limit: int = SMTP_DEFAULT_LIMIT, *,
+                 smtp_factory: Callable[..., smtplib.SMTP] | None = None,
+                 imap_factory: Callable[..., imaplib.IMAP4] | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.daily_limit = daily_limit
+        self._smtp_factory = smtp_factory
+        self._imap_factory = imap_factory
+        self._clock = clock
+
+    # -- SMTP ---------------------------------------------------------------------------
+
+    def _connect(self) -> smtplib.SMTP:
+        """An authenticated SMTP connection; errors mean nothing was sent."""
+        cfg = self.config
+        smtp_holder: list[smtplib.SMTP] = []
+        try:
+            return self._login(cfg, smtp_holder)
+        except BaseException:
+            for made in smtp_holder:
+                made.close()
+            raise
+
+    def _login(self, cfg: SmtpConfig, holder: list[smtplib.SMTP]) -> smtplib.SMTP:
+        try:
+            if self._smtp_factory is not None:
+                smtp = self._smtp_factory(cfg.host, cfg.port, timeout=cfg.timeout)
+            elif cfg.security == "ssl":
+                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout,
+                                        context=ssl.create_default_context())
+            else:
+                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+            holder.append(smtp)
+            smtp.ehlo()
+            if cfg.security == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if cfg.username:
+                smtp.login(cfg.username, cfg.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise ReauthRequired(f"SMTP login refused: {exc.smtp_code} "
+                                 f"{_text(exc.smtp_error)}") from None
+        except smtplib.SMTPResponseException as exc:
+            raise _code_error(exc.smtp_code, _text(exc.smtp_error), "connect") from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise PermanentError(f"SMTP server: {exc}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransientError(f"SMTP connect to {cfg.host}:{cfg.port} failed: {exc}"
+                                 ) from None
+        return smtp
+
+    def verify(self) -> None:
+        """Connect and log in once (used when the rep connects the mailbox)."""
+        smtp = self._connect()
+        with contextlib.suppress(OSError):
+            smtp.quit()
+
+    def create_draft(self, message: OutboundMessage) -> Draft:
+        """The draft is the message: APPEND it to IMAP Drafts when IMAP is configured."""
+        if self.config.imap_host:
+            try:
+                with self._imap() as imap:
+                    imap.append(self._folder(self.config.drafts_folder), r"(\Draft)", None,
+                                message_bytes(message))
+            except (OSError, imaplib.IMAP4.error) as exc:
+                # Drafts are a convenience on SMTP mailboxes; sending does not depend on one.
+                log.warning("SMTP mailbox %s: could not APPEND the draft of send %s: %s",
+                            self.config.username, message.send_id, exc)
+        return Draft(id=message.message_id)
+
+    def send_draft(self, draft: Draft, message: OutboundMessage) -> Sent:
+        """Send the message over SMTP; classify every failure by the phase it happened in."""
+        if not message.recipients:
+            raise PermanentError("the message has no recipients")
+        sender = message.mime["From"].addresses[0].addr_spec
+        smtp = self._connect()
+        data_started = False
+        try:
+            code, resp = smtp.mail(sender)
+            if code != 250:
+                raise _code_error(code, _text(resp), "MAIL FROM")
+            refused: dict[str, tuple[int, str]] = {}
+            for rcpt in message.recipients:
+                code, resp = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = (code, _text(resp))
+            if len(refused) == len(message.recipients):
+                code, text = next(iter(refused.values()))
+                raise _code_error(code, text, f"RCPT TO refused for {', '.join(refused)}")
+            data_started = True
+            code, resp = smtp.data(message_bytes(message))
+            if code != 250:
+                raise _code_error(code, _text(resp), "DATA")
+        except smtplib.SMTPResponseException as exc:
+            # smtplib raises for DATA's 354 step; a non-354 answer is the server's refusal.
+            # (Checked first: SMTP exceptions are OSErrors too.)
+            raise _code_error(exc.smtp_code, _text(exc.smtp_error), "DATA") from None
+        except OSError as exc:
+            # Disconnects and timeouts: before DATA nothing was taken; after, nobody knows.
+            if data_started:
+                raise OutcomeUnknown(f"SMTP connection lost during DATA: {exc}") from None
+            raise TransientError(f"SMTP connection lost before DATA: {exc}") from None
+        finally:
+            try:
+                smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                smtp.close()
+        if refused:
+            log.warning("send %s: recipients refused: %s", message.send_id, sorted(refused))
+        sent_at = self._clock()
+        if self.config.imap_host:
+            self._file_sent(message)
+        return Sent(provider_id=message.message_id, sent_at=sent_at)
+
+    # -- IMAP ---------------------------------------------------------------------------
+
+    def _imap(self) -> imaplib.IMAP4:
+        cfg = self.config
+        assert cfg.imap_host
+        if self._imap_factory is not None:
+            imap = self._imap_factory(cfg.imap_host, cfg.imap_port)
+        elif cfg.imap_security == "ssl":
+            imap = imaplib.IMAP4_SSL(cfg.imap_host, cfg.imap_port, timeout=cfg.timeout,
+                                     ssl_context=ssl.create_default_context())
+        else:
+            imap = imaplib.IMAP4(cfg.imap_host, cfg.imap_port, timeout=cfg.timeout)
+            if cfg.imap_security == "starttls":
+                imap.starttls(ssl_context=ssl.create_default_context())
+        try:
+            imap.login(cfg.username or "", cfg.password or "")
+        except imaplib.IMAP4.error as exc:
+            imap.shutdown()
+            raise ReauthRequired(f"IMAP login refused: {exc}") from None
+        except BaseException:
+            imap.shutdown()
+            raise
+        return imap
+
+    @staticmethod
+    def _folder(name: str) -> str:
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def _file_sent(self, message: OutboundMessage) -> None:
+        """After sending: copy to Sent (unless the server does) and drop the IMAP draft."""
+        try:
+            with self._imap() as imap:
+                if self.config.save_sent:
+                    imap.append(self._folder(self.config.sent_folder), r"(\Seen)", None,
+                                message_bytes(message))
+                typ, _ = imap.select(self._folder(self.config.drafts_folder))
+                if typ == "OK":
+                    uids = self._search_message_id(imap, message.message_id)
+                    for uid in uids:
+                        imap.uid("STORE", uid, "+FLAGS", r"(\Deleted)")
+                    if uids:
+                        imap.expunge()
+        except (OSError, imaplib.IMAP4.error, ReauthRequired) as exc:
+            log.warning("send %s left, but filing it over IMAP failed: %s", message.send_id, exc)
+
+    @staticmethod
+    def _search_message_id(imap: imaplib.IMAP4, message_id: str) -> list[str]:
+        typ, data = imap.uid("SEARCH", None, "HEADER", "Message-ID",
+                             '"' + message_id.replace('"', "") + '"')
+        if typ != "OK" or not data or not data[0]:
+            return []
+        raw = data[0].decode() if isinstance(data[0], bytes) else str(data[0])
+        return raw.split()
+
+    def reconcile(self, message: OutboundMessage, draft: Draft | None) -> Reconciled:
+        """Found in IMAP Sent by Message-ID → sent; otherwise unknown (SMTP proves no negative)."""
+        if not self.config.imap_host:
+            return Reconciled(Outcome.UNKNOWN)
+        try:
+            with self._imap() as imap:
+                typ, _ = imap.select(self._folder(self.config.sent_folder), readonly=True)
+                if typ != "OK":
+                    return Reconciled(Outcome.UNKNOWN)
+                uids = self._search_message_id(imap, message.message_id)
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise TransientError(f"IMAP search failed: {exc}") from None
+        if uids:
+            return Reconciled(Outcome.SENT, Sent(provider_id=f"imap:{uids[0]}"))
+        return Reconciled(Outcome.UNKNOWN)
+
+
+def config_from_settings(settings: dict[str, Any], password: str | None) -> SmtpConfig:
+    """Build the SmtpConfig of a stored mailbox (settings plus its decrypted password)."""
+    return SmtpConfig(
+        host=settings["smtp_host"], port=int(settings.get("smtp_port", 587)),
+        security=settings.get("smtp_security", "starttls"),
+        username=settings.get("smtp_username"), password=password,
+        imap_host=settings.get("imap_host"), imap_port=int(settings.get("imap_port", 993)),
+        imap_security=settings.get("imap_security", "ssl"),
+        sent_folder=settings.get("imap_sent_folder", "Sent"),
+        drafts_folder=settings.get("imap_drafts_folder", "Drafts"),
+        save_sent=bool(settings.get("imap_save_sent", True)),
+    )

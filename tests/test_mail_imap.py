@@ -1,0 +1,107 @@
+"""SMTP mailboxes with IMAP: drafts, filing, reconciliation and sync against real sockets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from server.campaigns.models import Enrollment, EnrollmentStatus
+from server.mail import mailboxes as mbx
+from server.mail.mailboxes import MailMatch, Provider
+from server.mail.providers.smtp import SmtpConfig, SmtpTransport
+from server.mail.sync import SyncResult, sync_mailbox
+from server.mail.transport import Outcome, ReauthRequired
+from server.tasks.models import CompletedVia, TaskStatus
+from tests.fake_imap import fake_imap
+from tests.test_mail_detect import load
+from tests.test_mail_smtp_local import Sink, authenticator, free_port, message
+from tests.test_mail_sync import RING, sent_campaign, task_campaign
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def smtp_port():
+    sink = Sink()
+    port = free_port()
+    ctl = Controller(sink, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                     auth_require_tls=False)
+    ctl.start()
+    yield port, sink
+    ctl.stop()
+
+
+def transport(smtp, imap, password="right-password"):
+    return SmtpTransport(SmtpConfig(host="127.0.0.1", port=smtp, security="none", timeout=5,
+                                    username="rita", password=password, imap_host="127.0.0.1",
+                                    imap_port=imap, imap_security="none"),
+                         clock=lambda: NOW)
+
+
+def test_draft_send_files_in_sent_and_reconciles(smtp_port):
+    """Is the draft APPENDed, sent, filed in Sent, removed from Drafts, and found again?"""
+    port, sink = smtp_port
+    with fake_imap() as (imap_port, state):
+        t = transport(port, imap_port)
+        msg = message(send_id=31)
+        draft = t.create_draft(msg)
+        drafts = state.folders["Drafts"].messages
+        assert len(drafts) == 1 and "\\Draft" in next(iter(drafts.values()))[1]
+        assert t.reconcile(msg, draft).outcome is Outcome.UNKNOWN
+        t.send_draft(draft, msg)
+        assert len(sink.received) == 1
+        assert state.folders["Drafts"].messages == {}
+        [(raw, flags)] = state.folders["Sent"].messages.values()
+        assert msg.message_id.encode() in raw and "\\Seen" in flags
+        rec = t.reconcile(msg, draft)
+        assert rec.outcome is Outcome.SENT and rec.sent.provider_id == "imap:1"
+        assert t.reconcile(message(send_id=32), None).outcome is Outcome.UNKNOWN
+        assert "UID SEARCH" in state.commands and "EXPUNGE" in state.commands
+
+
+def test_imap_login_refused_needs_reauth(smtp_port):
+    """Is a refused IMAP login ReauthRequired (and never shown with the password)?"""
+    port, _ = smtp_port
+    with fake_imap() as (imap_port, _state), pytest.raises(ReauthRequired) as exc:
+        transport(port, imap_port, password="nope-secret").reconcile(message(), None)
+    assert "nope-secret" not in str(exc.value)
+
+
+def test_imap_sync_detects_hand_sent_tasks_and_replies(session, world, now):
+    """Do the Sent and INBOX folders feed sent and reply detection from UID cursors?"""
+    eid_task, task = task_campaign(session, world, now)
+    eid_reply = sent_campaign(session, world, now)
+    mb = mbx.connect(session, org_id=world.org.id, owner_id=world.rep.id,
+                     provider=Provider.SMTP, email="rep@a.test", display_name="Rita",
+                     settings={}, secret={"password": "right-password"}, keyring=RING, now=NOW)
+    session.commit()
+    with fake_imap() as (imap_port, state):
+        state.folders["Sent"].add(b"Subject: old\r\n\r\nbefore the connection")
+        t = transport(free_port(), imap_port)
+        first = SyncResult()
+        sync_mailbox(session, mb, t, NOW, first)
+        session.commit()
+        assert first.messages == 0
+        assert mbx.get_cursor(session, mb.id, "imap-sent") == "42:1"
+        assert mbx.get_cursor(session, mb.id, "imap-inbox") == "42:0"
+        state.folders["Sent"].add(load("sent_gmail_by_hand.eml"))
+        state.folders["INBOX"].add(load("reply_in_reply_to.eml"))
+        result = SyncResult()
+        sync_mailbox(session, mb, t, NOW, result)
+        session.commit()
+        assert (result.sent, result.replies) == (1, 1)
+        assert mbx.get_cursor(session, mb.id, "imap-sent") == "42:2"
+        assert mbx.get_cursor(session, mb.id, "imap-inbox") == "42:1"
+        again = SyncResult()  # nothing new: the n:* quirk returns the last UID, skipped
+        sync_mailbox(session, mb, t, NOW, again)
+        session.commit()
+        assert again.messages == 0
+    session.refresh(task)
+    assert task.status is TaskStatus.DONE and task.via is CompletedVia.MANUAL
+    assert session.get(Enrollment, eid_reply, populate_existing=True).status is (
+        EnrollmentStatus.REPLIED)
+    rules = sorted(m.matched_by for m in session.scalars(select(MailMatch)))
+    assert rules == ["in-reply-to", "recipient+subject"]

@@ -1,0 +1,403 @@
+"""The mailbox sync end to end: Gmail history and Graph delta, recorded messages, the database."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from googleapiclient.discovery import build
+from googleapiclient.http import HttpMockSequence
+from sqlalchemy import select
+
+from server.campaigns.launch import launch
+from server.campaigns.models import Enrollment, EnrollmentStatus, OnBounce, OnReply
+from server.campaigns.progress import send_finished
+from server.campaigns.spec import SendOption
+from server.contacts.models import Contact
+from server.crypto import KeyRing
+from server.feed.models import EventKind, FeedEvent
+from server.mail import mailboxes as mbx
+from server.mail.mailboxes import MailboxStatus, MailMatch, MatchKind, Provider
+from server.mail.models import ScheduledSend, SendStatus
+from server.mail.providers.gmail import GmailTransport
+from server.mail.providers.graph import GraphTransport
+from server.mail.sync import SyncResult, sync_mailbox, sync_mailboxes
+from server.mail.transport import ReauthRequired
+from server.tasks.models import CompletedVia, Task, TaskStatus
+from tests.conftest import email_step, make_campaign, make_contact, make_template
+from tests.fake_graph import fake_graph
+from tests.test_mail_detect import OUR_ID, load
+
+RING = KeyRing.parse(f"k1:{Fernet.generate_key().decode()}")
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def ok(body):
+    return ({"status": "200"}, json.dumps(body))
+
+
+def gmail(responses):
+    http = HttpMockSequence(responses)
+    return GmailTransport(build("gmail", "v1", http=http, static_discovery=True)), http
+
+
+def raw_of(name, task_id=0):
+    return base64.urlsafe_b64encode(load(name, task_id)).decode()
+
+
+def mailbox(session, world, provider=Provider.GOOGLE):
+    mb = mbx.connect(session, org_id=world.org.id, owner_id=world.rep.id, provider=provider,
+                     email="rep@a.test", display_name="Rita", settings={},
+                     secret={"refresh_token": "r"}, keyring=RING, now=NOW)
+    session.commit()
+    return mb
+
+
+def pat(session, world):
+    """The rep's contact Pat (pat@client.test), made once."""
+    found = session.scalar(select(Contact).where(Contact.owner_id == world.rep.id,
+                                                 Contact.email == "pat@client.test"))
+    return found or make_contact(session, world.rep, "pat@client.test", first_name="Pat")
+
+
+def task_campaign(session, world, now):
+    """Pat has an open email task ("Hello Pat"), created before the hand-sent email."""
+    tpl = make_template(session, world.rep)
+    campaign = make_campaign(session, world.rep, [email_step(1, SendOption.TASK, tpl),
+                                                  email_step(3, SendOption.TASK, tpl)])
+    contact = pat(session, world)
+    ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
+    task = session.scalar(select(Task).where(Task.enrollment_id == eid))
+    task.created_at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    session.commit()
+    return eid, task
+
+
+def sent_campaign(session, world, now, **settings):
+    """Pat got an automatic campaign email with our Message-ID in thread ``thread-1``."""
+    tpl = make_template(session, world.rep)
+    campaign = make_campaign(session, world.rep,
+                             [email_step(1, SendOption.AT_TIME, tpl, send_time=time(9, 0)),
+                              email_step(3, SendOption.AT_TIME, tpl, send_time=time(9, 0))],
+                             **settings)
+    contact = pat(session, world)
+    ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
+    send = session.scalar(select(ScheduledSend).where(ScheduledSend.enrollment_id == eid))
+    send.status, send.sent_at = SendStatus.SENT, datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    send.message_id, send.thread_id, send.subject = OUR_ID, "thread-1", "Hello Pat"
+    session.flush()
+    assert send_finished(session, send.id, send.sent_at)
+    session.commit()
+    return eid
+
+
+def history_responses(*messages, history_id="200", task_id=0):
+    """history.list naming each message, then messages.get of each (raw, labels)."""
+    added = [{"message": {"id": mid}} for mid, *_ in messages]
+    out = [ok({"history": [{"id": "150", "messagesAdded": added}], "historyId": history_id})]
+    for mid, name, labels, thread in messages:
+        out.append(ok({"id": mid, "threadId": thread, "labelIds": labels,
+                       "raw": raw_of(name, task_id)}))
+    return out
+
+
+def test_first_gmail_sync_only_records_where_the_mailbox_is(session, world, now):
+    """Does a first sync store the current history id and replay nothing?"""
+    mb = mailbox(session, world)
+    t, http = gmail([ok({"emailAddress": "rep@a.test", "historyId": "12345"})])
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert mbx.get_cursor(session, mb.id, "history") == "12345"
+    assert http.request_sequence[0][0].endswith("/users/me/profile?alt=json")
+    assert result.messages == 0
+
+
+def test_task_sent_by_hand_in_gmail_completes_with_the_real_time(session, world, now):
+    """Is the task completed at the email's Date, via Gmail, and the match's rule kept?"""
+    eid, task = task_campaign(session, world, now)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    t, http = gmail(history_responses(("m1", "sent_gmail_by_hand.eml", ["SENT"], "t-77")))
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.sent == 1
+    session.refresh(task)
+    assert task.status is TaskStatus.DONE and task.via is CompletedVia.GMAIL
+    assert task.sent_at == datetime(2026, 11, 24, 14, 47, 12, tzinfo=UTC)
+    assert task.message_id == "<CAF4ZpR9xk2=kq7cWnU0sZ3hVd1pA@mail.gmail.com>"
+    match = session.scalar(select(MailMatch))
+    assert (match.kind, match.matched_by, match.task_id, match.thread_id) == (
+        MatchKind.SENT, "recipient+subject", task.id, "t-77")
+    assert mbx.get_cursor(session, mb.id, "history") == "200"
+    # The campaign moved on: the second email task exists now.
+    assert session.scalar(select(Task).where(Task.enrollment_id == eid,
+                                             Task.status == TaskStatus.OPEN)) is not None
+    # The same history again (a crash before the cursor was saved) changes nothing.
+    t, _ = gmail(history_responses(("m1", "sent_gmail_by_hand.eml", ["SENT"], "t-77")))
+    again = SyncResult()
+    sync_mailbox(session, mb, t, NOW, again)
+    session.commit()
+    assert again.messages == 1 and again.sent == 0
+    assert len(session.scalars(select(MailMatch)).all()) == 1
+
+
+def test_outlook_header_match_completes_via_outlook(session, world, now):
+    """Does an Outlook-sent email with X-Relay-Task complete the task via Outlook (Graph)?"""
+    eid, task = task_campaign(session, world, now)
+    mb = mailbox(session, world, Provider.MICROSOFT)
+    with fake_graph() as (base, state), requests.Session() as http:
+        state.mime["s1"] = load("sent_outlook_header.eml", task.id)
+        sent_delta = f"{base}/me/mailFolders/sentitems/messages/delta"
+        state.delta_pages["sentitems"] = [
+            {"value": [], "@odata.deltaLink": f"{sent_delta}?page=1"},
+            {"value": [{"id": "s1", "conversationId": "conv-9", "isDraft": False},
+                       {"id": "d1", "isDraft": True}],
+             "@odata.deltaLink": f"{sent_delta}?page=2"},
+        ]
+        state.delta_pages["inbox"] = [
+            {"value": [], "@odata.deltaLink": f"{base}/me/mailFolders/inbox/messages/delta?page=0"}]
+        t = GraphTransport(lambda: "at", base_url=base, session=http, timeout=5)
+        sync_mailbox(session, mb, t, NOW, SyncResult())  # first pass: cursors only
+        session.commit()
+        first = state.requests[0]
+        assert first.query["$filter"] == ["receivedDateTime ge 2026-11-25T11:55:00Z"]
+        assert mbx.get_cursor(session, mb.id, "sentitems").endswith("page=1")
+        result = SyncResult()
+        sync_mailbox(session, mb, t, NOW, result)
+        session.commit()
+    assert result.sent == 1
+    session.refresh(task)
+    assert task.status is TaskStatus.DONE and task.via is CompletedVia.OUTLOOK
+    assert task.sent_at == datetime(2026, 11, 24, 9, 12, 3, tzinfo=UTC)
+    match = session.scalar(select(MailMatch))
+    assert (match.matched_by, match.thread_id) == ("x-relay-task", "conv-9")
+    assert mbx.get_cursor(session, mb.id, "sentitems").endswith("page=2")
+
+
+@pytest.mark.parametrize("on_reply,status", [(OnReply.END, EnrollmentStatus.REPLIED),
+                                             (OnReply.END_SUCCESS, EnrollmentStatus.REPLIED),
+                                             (OnReply.CONTINUE, EnrollmentStatus.ACTIVE)])
+def test_reply_applies_on_reply(session, world, now, on_reply, status):
+    """Does a reply to a campaign email apply on_reply, and record why it matched?"""
+    eid = sent_campaign(session, world, now, on_reply=on_reply)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    t, _ = gmail(history_responses(("r1", "reply_in_reply_to.eml", ["INBOX"], "thread-1")))
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.replies == 1
+    enrollment = session.get(Enrollment, eid, populate_existing=True)
+    assert enrollment.status is status
+    event = session.scalar(select(FeedEvent).where(FeedEvent.kind == EventKind.REPLY_RECEIVED))
+    assert event.data["matched_by"] == "in-reply-to"
+    assert event.data["on_reply"] == on_reply.value
+    if on_reply is not OnReply.CONTINUE:
+        pending = session.scalars(select(ScheduledSend).where(
+            ScheduledSend.enrollment_id == eid, ScheduledSend.status == SendStatus.SCHEDULED
+        )).all()
+        assert pending == []
+
+
+def test_automatic_replies_change_nothing(session, world, now):
+    """Do out-of-office answers leave the person in the campaign?"""
+    eid = sent_campaign(session, world, now)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    t, _ = gmail(history_responses(("a1", "ooo_auto_submitted.eml", ["INBOX"], "thread-1"),
+                                   ("a2", "ooo_german_subject.eml", ["INBOX"], "thread-1"),
+                                   ("a3", "dsn_delayed.eml", ["INBOX"], "x")))
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert (result.replies, result.bounces, result.auto_replies) == (0, 0, 2)
+    assert session.get(Enrollment, eid, populate_existing=True).status is (
+        EnrollmentStatus.ACTIVE)
+
+
+@pytest.mark.parametrize("fixture,rule", [("bounce_dsn_gmail.eml", "dsn-message-id"),
+                                          ("bounce_plain_exim.eml", "dsn-recipient")])
+@pytest.mark.parametrize("on_bounce", [OnBounce.REMOVE, OnBounce.CONTINUE])
+def test_bounce_applies_on_bounce(session, world, now, fixture, rule, on_bounce):
+    """Does a DSN about a campaign email apply on_bounce, with the rule that matched?"""
+    eid = sent_campaign(session, world, now, on_bounce=on_bounce)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    t, _ = gmail(history_responses(("b1", fixture, ["INBOX"], "other-thread")))
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.bounces == 1 and result.replies == 0
+    enrollment = session.get(Enrollment, eid, populate_existing=True)
+    expected = EnrollmentStatus.BOUNCED if on_bounce is OnBounce.REMOVE else (
+        EnrollmentStatus.ACTIVE)
+    assert enrollment.status is expected
+    if on_bounce is OnBounce.REMOVE:
+        assert "5.1.1" in enrollment.end_reason
+    event = session.scalar(select(FeedEvent).where(FeedEvent.kind == EventKind.BOUNCE_RECEIVED))
+    assert event.data["matched_by"] == rule
+
+
+class Resolver:
+    """Hands the sync a prepared transport (or raises), like MailboxResolver.build."""
+
+    def __init__(self, transport=None, error=None):
+        self.transport, self.error = transport, error
+
+    def build(self, mb):
+        if self.error:
+            raise self.error
+        return self.transport
+
+
+def test_sync_mailboxes_pass_marks_refused_credentials_and_paces_itself(app, session, world):
+    """Does the worker's pass mark invalid_grant as needs_reauth and wait MAIL_SYNC_SECONDS?"""
+    mb = mailbox(session, world)
+    clock = [1000.0]
+    t, _ = gmail([ok({"historyId": "5"})])
+    result = sync_mailboxes(app, NOW, resolver=Resolver(t), monotonic=lambda: clock[0])
+    assert result.mailboxes == 1 and not result.errors
+    again = sync_mailboxes(app, NOW, resolver=Resolver(error=AssertionError("not due")),
+                           monotonic=lambda: clock[0] + 10)
+    assert again.mailboxes == 0
+    clock[0] += 61
+    refused = sync_mailboxes(app, NOW, resolver=Resolver(error=ReauthRequired("invalid_grant")),
+                             monotonic=lambda: clock[0])
+    assert refused.errors == [f"mailbox {mb.id}: invalid_grant"]
+    session.rollback()
+    assert session.get(mbx.Mailbox, mb.id, populate_existing=True).status is (
+        MailboxStatus.NEEDS_REAUTH)
+    assert sync_mailboxes(app, NOW + timedelta(hours=1), resolver=Resolver(t),
+                          monotonic=lambda: clock[0] + 1000).mailboxes == 0
+
+
+def test_follow_up_prefill_threads_after_an_automatic_email(app, session, world, now):
+    """Does a follow-up task thread after an automatic Gmail email (its Message-ID, thread)?"""
+    from tests.test_prefill import follow_up_campaign, get
+
+    campaign, _, _ = follow_up_campaign(session, world.rep, first_option=SendOption.AT_TIME)
+    contact = pat(session, world)
+    ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
+    send = session.scalar(select(ScheduledSend).where(ScheduledSend.enrollment_id == eid))
+    send.status, send.sent_at = SendStatus.SENT, datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    send.message_id, send.thread_id = OUR_ID, "18c0ffee"
+    session.flush()
+    assert send_finished(session, send.id, send.sent_at)
+    mailbox(session, world)
+    follow = session.scalar(select(Task).where(Task.enrollment_id == eid))
+    doc = get(app.test_client(), world, world.rep, follow.id).json
+    assert doc["follow_up"]["in_reply_to"] == OUR_ID
+    assert doc["follow_up"]["thread"] == {"gmail_thread_id": "18c0ffee",
+                                          "outlook_conversation_id": None}
+
+
+def test_follow_up_prefill_threads_after_a_hand_sent_outlook_email(app, session, world, now):
+    """Does a follow-up thread after a hand-sent Outlook email the sync found (E3)?"""
+    from tests.test_prefill import follow_up_campaign, get
+
+    campaign, _, _ = follow_up_campaign(session, world.rep, first_subject="Quick question")
+    contact = pat(session, world)
+    ((eid, _),) = launch(session, world.rep, campaign, [contact.id], now=now).enrolled
+    first = session.scalar(select(Task).where(Task.enrollment_id == eid))
+    first.created_at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    mb = mailbox(session, world, Provider.MICROSOFT)
+    with fake_graph() as (base, state), requests.Session() as http:
+        state.mime["s1"] = load("sent_outlook_header.eml", first.id)
+        delta = f"{base}/me/mailFolders/sentitems/messages/delta"
+        state.delta_pages["sentitems"] = [
+            {"value": [{"id": "s1", "conversationId": "AAQkConv=", "isDraft": False}],
+             "@odata.deltaLink": f"{delta}?page=0"}]
+        mbx.set_cursor(session, mb.id, "sentitems", f"{delta}?page=0", NOW)
+        mbx.set_cursor(session, mb.id, "inbox", f"{base}/me/mailFolders/inbox/messages/delta",
+                       NOW)
+        session.commit()
+        t = GraphTransport(lambda: "at", base_url=base, session=http, timeout=5)
+        result = SyncResult()
+        sync_mailbox(session, mb, t, NOW, result)
+        session.commit()
+    assert result.sent == 1
+    follow = session.scalar(select(Task).where(Task.enrollment_id == eid,
+                                               Task.status == TaskStatus.OPEN))
+    doc = get(app.test_client(), world, world.rep, follow.id).json
+    mid = "<DB9PR08MB67164A5E2C1D0F3B9E8A7C64D1592@DB9PR08MB6716.eurprd08.prod.outlook.com>"
+    assert doc["follow_up"]["in_reply_to"] == mid
+    assert doc["follow_up"]["thread"] == {"gmail_thread_id": None,
+                                          "outlook_conversation_id": "AAQkConv="}
+
+
+def test_a_message_the_campaign_cannot_take_does_not_stop_the_sync(session, world, now):
+    """If the task's own email is being sent right now, is the message reported and skipped?"""
+    eid, task = task_campaign(session, world, now)
+    session.add(ScheduledSend(org_id=world.org.id, owner_id=world.rep.id, task_id=task.id,
+                              contact_id=task.contact_id, status=SendStatus.SENDING,
+                              due_at=NOW, to_email="pat@client.test", subject="Hello Pat"))
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    t, _ = gmail(history_responses(("m1", "sent_gmail_by_hand.eml", ["SENT"], "t1"),
+                                   ("r1", "reply_subject_only.eml", ["INBOX"], "t2")))
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.messages == 2 and result.sent == 0
+    assert "already being sent" in result.errors[0]
+    assert mbx.get_cursor(session, mb.id, "history") == "200"
+    session.refresh(task)
+    assert task.status is TaskStatus.OPEN
+    assert session.scalars(select(MailMatch)).all() == []
+
+
+def test_a_message_deleted_since_the_history_is_skipped(session, world, now):
+    """Does a message that is gone (404) by the time it is fetched not stall the sync?"""
+    eid = sent_campaign(session, world, now)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    gone = ({"status": "404"}, json.dumps({"error": {"code": 404, "message": "Not Found",
+                                                     "errors": [{"reason": "notFound"}]}}))
+    t, _ = gmail([
+        ok({"history": [{"id": "150", "messagesAdded": [{"message": {"id": "x"}},
+                                                        {"message": {"id": "r1"}}]}],
+            "historyId": "300"}),
+        gone,
+        ok({"id": "r1", "threadId": "thread-1", "labelIds": ["INBOX"],
+            "raw": raw_of("reply_in_reply_to.eml")}),
+    ])
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.replies == 1 and mbx.get_cursor(session, mb.id, "history") == "300"
+    assert session.get(Enrollment, eid, populate_existing=True).status is (
+        EnrollmentStatus.REPLIED)
+
+
+def test_an_expired_graph_delta_link_restarts_from_now(session, world, now):
+    """Does a 410 on a saved delta link restart the folder's cursor instead of stalling?"""
+    mb = mailbox(session, world, Provider.MICROSOFT)
+    with fake_graph() as (base, state), requests.Session() as http:
+        delta = f"{base}/me/mailFolders/sentitems/messages/delta"
+        mbx.set_cursor(session, mb.id, "sentitems", f"{delta}?page=0&old=1", NOW)
+        mbx.set_cursor(session, mb.id, "inbox", f"{base}/me/mailFolders/inbox/messages/delta",
+                       NOW)
+        session.commit()
+        state.script("GET", "/me/mailFolders/sentitems/messages/delta", (
+            410, {"error": {"code": "SyncStateNotFound", "message": "resync required"}}, {}))
+        state.delta_pages["sentitems"] = [{"value": [{"id": "old-mail"}],
+                                           "@odata.deltaLink": f"{delta}?page=0&fresh=1"}]
+        t = GraphTransport(lambda: "at", base_url=base, session=http, timeout=5)
+        result = SyncResult()
+        sync_mailbox(session, mb, t, NOW, result)
+        session.commit()
+        assert state.requests[1].query["$filter"] == ["receivedDateTime ge 2026-11-25T11:55:00Z"]
+    assert result.messages == 0
+    assert mbx.get_cursor(session, mb.id, "sentitems").endswith("fresh=1")
