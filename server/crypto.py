@@ -1,4 +1,4 @@
-"""Secrets at rest (mailbox refresh tokens and passwords): encrypted with a rotatable key ring.
+"""Secrets at rest (mailbox and Salesforce tokens, passwords): encrypted with a rotatable key ring.
 
 ``ENCRYPTION_KEYS`` holds ``kid:key`` pairs, comma-separated, the current one first::
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+from flask import Flask
 
 log = logging.getLogger(__name__)
 _KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -114,7 +115,7 @@ def keyring_from_config(config: dict[str, object], instance_path: str | Path) ->
     if value:
         return KeyRing.parse(str(value))
     if config.get("RELAY_ENV") == "production":
-        raise KeyConfigError("RELAY_ENV=production needs ENCRYPTION_KEYS to store mailbox secrets: "
+        raise KeyConfigError("RELAY_ENV=production needs ENCRYPTION_KEYS to store secrets: "
                         "set it to kid:key (a Fernet key) and restart")
     path = Path(instance_path) / "encryption.keys"
     if not path.exists():
@@ -133,9 +134,18 @@ def keyring_from_config(config: dict[str, object], instance_path: str | Path) ->
                 os.link(tmp, path)
         finally:
             os.unlink(tmp)
-    log.warning("ENCRYPTION_KEYS is not set: mailbox secrets are encrypted with the "
+    log.warning("ENCRYPTION_KEYS is not set: secrets are encrypted with the "
                 "development key in %s; set ENCRYPTION_KEYS in production", path)
     return KeyRing.parse(path.read_text().strip())
+
+
+def app_keyring(app: Flask) -> KeyRing:
+    """The key ring of ``app`` (read once, then kept on the app): mailbox and CRM secrets."""
+    ring: KeyRing | None = app.extensions.get("relay.keyring")
+    if ring is None:
+        ring = app.extensions["relay.keyring"] = keyring_from_config(dict(app.config),
+                                                                     app.instance_path)
+    return ring
 
 
 def mask(secret: str | None) -> str | None:

@@ -67,7 +67,7 @@ class SalesforceConnection(Base):
     instance_url: Mapped[str | None] = mapped_column(String(300), default=None)
     #: The identity URL Salesforce returned (``id`` in the token response).
     identity_url: Mapped[str | None] = mapped_column(String(300), default=None)
-    #: Encrypted with ``server.salesforce.secrets`` (``v1:<key id>:<ciphertext>``).
+    #: Encrypted with the key ring of ``server.crypto`` (``<key id>:<Fernet token>``).
     access_token: Mapped[str | None] = mapped_column(Text, default=None)
     refresh_token: Mapped[str | None] = mapped_column(Text, default=None)
     #: A custom external-id field on Task (``Relay_Id__c``) when the org has one.

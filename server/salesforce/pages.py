@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, flash, redirect, request, session, url_for
 
 from server.accounts.models import Role, User
+from server.crypto import app_keyring
 from server.db import get_session, utcnow
 from server.errors import Invalid
 from server.salesforce import auth, service
@@ -114,8 +115,8 @@ def callback() -> Any:
     except auth.TokenError as exc:
         flash(f"Salesforce did not connect: {exc}")
         return redirect(url_for("salesforce_admin.admin_page"))
-    service.finish_connect(get_session(), cfg, user.org_id, tokens, kind=AuthKind.OAUTH,
-                           username=user.email, now=utcnow())
+    service.finish_connect(get_session(), cfg, app_keyring(current_app), user.org_id, tokens,
+                           kind=AuthKind.OAUTH, username=user.email, now=utcnow())
     get_session().commit()
     flash("Salesforce connected.")
     return redirect(url_for("salesforce_admin.admin_page"))
@@ -140,8 +141,8 @@ def connect_jwt() -> Any:
     except auth.TokenError as exc:
         flash(f"Salesforce did not connect: {exc}")
         return redirect(url_for("salesforce_admin.admin_page"))
-    service.finish_connect(get_session(), cfg, user.org_id, tokens, kind=AuthKind.JWT,
-                           username=username, now=utcnow())
+    service.finish_connect(get_session(), cfg, app_keyring(current_app), user.org_id, tokens,
+                           kind=AuthKind.JWT, username=username, now=utcnow())
     get_session().commit()
     flash(f"Salesforce connected as {username}.")
     return redirect(url_for("salesforce_admin.admin_page"))

@@ -13,8 +13,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from server.api.errors import FieldError
+from server.crypto import KeyRing
 from server.errors import Invalid
-from server.salesforce import auth, secrets
+from server.salesforce import auth
 from server.salesforce.client import (
     API_VERSION,
     SalesforceApi,
@@ -94,7 +95,7 @@ def set_status(conn: SalesforceConnection, status: ConnectionStatus, reason: str
     conn.updated_at = now
 
 
-def store_tokens(session: Session, conn: SalesforceConnection, ring: secrets.Keyring,
+def store_tokens(session: Session, conn: SalesforceConnection, ring: KeyRing,
                  tokens: auth.Tokens, *, kind: AuthKind, username: str | None,
                  now: datetime) -> None:
     """Record a successful connection: tokens sealed, status connected, cursor from now."""
@@ -102,9 +103,9 @@ def store_tokens(session: Session, conn: SalesforceConnection, ring: secrets.Key
     conn.username = username
     conn.instance_url = tokens.instance_url
     conn.identity_url = tokens.identity_url
-    conn.access_token = secrets.seal(ring, tokens.access_token)
+    conn.access_token = ring.encrypt(tokens.access_token)
     if tokens.refresh_token:
-        conn.refresh_token = secrets.seal(ring, tokens.refresh_token)
+        conn.refresh_token = ring.encrypt(tokens.refresh_token)
     elif kind is AuthKind.JWT:
         conn.refresh_token = None
     if conn.connected_at is None or conn.modstamp_cursor is None:
@@ -126,7 +127,7 @@ def disconnect(session: Session, org_id: int, now: datetime) -> None:
 
 
 def fresh_tokens(config: Mapping[str, Any], conn: SalesforceConnection,
-                 ring: secrets.Keyring, now: datetime) -> auth.Tokens:
+                 ring: KeyRing, now: datetime) -> auth.Tokens:
     """New tokens for a connection whose access token expired (refresh token, or a new JWT)."""
     http = http_session(config.get("SALESFORCE_CA_BUNDLE"))
     login_url = str(config["SALESFORCE_LOGIN_URL"])
@@ -140,7 +141,7 @@ def fresh_tokens(config: Mapping[str, Any], conn: SalesforceConnection,
         raise auth.TokenError("no_refresh_token", "connect again to grant offline access")
     return auth.refresh(http, login_url, str(config["SALESFORCE_CLIENT_ID"]),
                         str(config["SALESFORCE_CLIENT_SECRET"]),
-                        secrets.open_sealed(ring, conn.refresh_token))
+                        ring.decrypt(conn.refresh_token))
 
 
 def jwt_private_key(config: Mapping[str, Any]) -> str:
@@ -157,12 +158,12 @@ def jwt_private_key(config: Mapping[str, Any]) -> str:
 
 
 def api_for(config: Mapping[str, Any], conn: SalesforceConnection,
-            ring: secrets.Keyring) -> SalesforceApi:
+            ring: KeyRing) -> SalesforceApi:
     """The real client of a connected org."""
     if not conn.access_token or not conn.instance_url:
         raise auth.TokenError("not_connected", "the org has no Salesforce session")
     return SimpleSalesforceApi.connect(
-        conn.instance_url, secrets.open_sealed(ring, conn.access_token),
+        conn.instance_url, ring.decrypt(conn.access_token),
         ca_bundle=config.get("SALESFORCE_CA_BUNDLE"),
         version=str(config.get("SALESFORCE_API_VERSION") or API_VERSION))
 
@@ -200,11 +201,10 @@ def retry_problems(session: Session, org_id: int, now: datetime) -> int:
     ).rowcount
 
 
-def finish_connect(session: Session, config: Mapping[str, Any], org_id: int,
+def finish_connect(session: Session, config: Mapping[str, Any], ring: KeyRing, org_id: int,
                    tokens: auth.Tokens, *, kind: AuthKind, username: str | None,
                    now: datetime) -> SalesforceConnection:
     """Store a new connection and find out whether Task has Relay's external-id field."""
-    ring = secrets.keyring(config)
     conn = get_connection(session, org_id, create=True, lock=True)
     assert conn is not None
     store_tokens(session, conn, ring, tokens, kind=kind, username=username, now=now)
@@ -220,7 +220,7 @@ def finish_connect(session: Session, config: Mapping[str, Any], org_id: int,
     return conn
 
 
-def reseal_tokens(session: Session, ring: secrets.Keyring) -> int:
+def reseal_tokens(session: Session, ring: KeyRing) -> int:
     """Re-encrypt every stored Salesforce token with the newest key (after a key rotation).
 
     Returns how many values changed; values already under the newest key are left alone, so
@@ -231,7 +231,7 @@ def reseal_tokens(session: Session, ring: secrets.Keyring) -> int:
         for attr in ("access_token", "refresh_token"):
             value = getattr(conn, attr)
             if value:
-                new = secrets.reseal(ring, value)
+                new = ring.reencrypt(value)
                 if new != value:
                     setattr(conn, attr, new)
                     changed += 1

@@ -31,10 +31,11 @@ from sqlalchemy.orm import Session
 from server.accounts.models import User
 from server.campaigns.models import Campaign
 from server.contacts.models import Contact
+from server.crypto import KeyConfigError, KeyRing, app_keyring
 from server.db import session_scope
 from server.errors import Conflict
 from server.outbox import leases
-from server.salesforce import mapping, secrets
+from server.salesforce import mapping
 from server.salesforce.auth import TokenError
 from server.salesforce.client import (
     RateLimited,
@@ -61,7 +62,7 @@ WAIT_FOR_TASK = timedelta(seconds=30)
 #: Completions are read again this far behind the cursor (Salesforce commits are not ordered).
 POLL_OVERLAP = timedelta(minutes=2)
 
-ClientFactory = Callable[[Mapping[str, Any], SalesforceConnection, secrets.Keyring],
+ClientFactory = Callable[[Mapping[str, Any], SalesforceConnection, KeyRing],
                          SalesforceApi]
 
 
@@ -118,7 +119,7 @@ class _Org:
 
     def __init__(self, app: Flask, org_id: int, now: datetime, factory: ClientFactory) -> None:
         self.app, self.org_id, self.now, self.factory = app, org_id, now, factory
-        self.ring = secrets.keyring(app.config)
+        self.ring = app_keyring(app)
         self.refreshed = False
         self.whos: dict[str, str | None] = {}
         self.users: dict[str, str | None] = {}
@@ -129,7 +130,7 @@ class _Org:
         self.conn = conn
         try:
             self.api = factory(app.config, conn, self.ring)
-        except (TokenError, secrets.SecretsError) as exc:
+        except (TokenError, KeyConfigError) as exc:
             self._needs_reauth(f"cannot use the stored session: {exc}")
 
     def _needs_reauth(self, reason: str) -> None:
@@ -143,7 +144,7 @@ class _Org:
     def _refresh(self) -> None:
         try:
             tokens = fresh_tokens(self.app.config, self.conn, self.ring, self.now)
-        except secrets.SecretsError as exc:
+        except KeyConfigError as exc:
             self._needs_reauth(f"the stored refresh token cannot be opened: {exc}")
         except TokenError as exc:
             if exc.transient:

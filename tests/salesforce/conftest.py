@@ -11,12 +11,17 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.crypto import app_keyring
 from server.db import session_scope
-from server.salesforce import secrets
 from server.salesforce.auth import Tokens
 from server.salesforce.fake import FakeSalesforce
 from server.salesforce.models import AuthKind, SalesforceConnection, SyncItem
 from server.salesforce.service import get_connection, store_tokens
+
+# Fernet keys as ENCRYPTION_KEYS takes them (kid:key): the current one, a newer, a foreign one.
+KEY_1 = "k1:MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE="
+KEY_2 = "k2:MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjI="
+KEY_3 = "k3:MzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzM="
 
 
 @pytest.fixture
@@ -33,7 +38,7 @@ def sf_app(app: Flask, fake_sf: FakeSalesforce) -> Flask:
     app.config.update(SALESFORCE_LOGIN_URL=fake_sf.url, SALESFORCE_CA_BUNDLE=str(fake_sf.cert_path),
                       SALESFORCE_CLIENT_ID=fake_sf.client_id,
                       SALESFORCE_CLIENT_SECRET=fake_sf.client_secret,
-                      ENCRYPTION_KEYS="test-key-1")
+                      ENCRYPTION_KEYS=KEY_1)
     return app
 
 
@@ -47,7 +52,7 @@ def connect(app: Flask, fake: FakeSalesforce, org_id: int, now: datetime, *,
     with session_scope(app) as s:
         conn = get_connection(s, org_id, create=True)
         assert conn is not None
-        store_tokens(s, conn, secrets.keyring(app.config), tokens, kind=AuthKind.OAUTH,
+        store_tokens(s, conn, app_keyring(app), tokens, kind=AuthKind.OAUTH,
                      username="admin@a.test", now=now)
         conn.sync_reminders = sync_reminders
         conn.external_id_field = external_id_field

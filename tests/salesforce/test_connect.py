@@ -12,10 +12,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.crypto import KeyRing, app_keyring
 from server.salesforce.fake import FakeSalesforce
 from server.salesforce.models import AuthKind, ConnectionStatus, SalesforceConnection
 from tests.conftest import World
-from tests.salesforce.conftest import connect, connection
+from tests.salesforce.conftest import KEY_1, KEY_2, KEY_3, connect, connection
 
 
 def _signed_in(client: FlaskClient, email: str) -> str:
@@ -61,7 +62,7 @@ def test_oauth_web_server_flow_with_pkce(sf_app: Flask, world: World, session: S
     # Tokens are sealed: none of the fake's tokens appear in the row.
     for token in fake_sf.state.valid_tokens | fake_sf.state.refresh_tokens:
         assert token not in (conn.access_token or "") + (conn.refresh_token or "")
-    assert conn.access_token.startswith("v1:") and conn.refresh_token.startswith("v1:")
+    assert conn.access_token.startswith("k1:") and conn.refresh_token.startswith("k1:")
     html = client.get("/admin/salesforce").get_data(as_text=True)
     assert "Connected" in html and fake_sf.url in html
     for token in fake_sf.state.valid_tokens:
@@ -107,10 +108,10 @@ def test_jwt_bearer_connects_an_integration_user(sf_app: Flask, world: World,
     assert (conn.status, conn.auth_kind, conn.username, conn.refresh_token) == (
         ConnectionStatus.CONNECTED, AuthKind.JWT, "integration@acme.test", None)
     # An expired session is renewed with a fresh assertion.
-    from server.salesforce import secrets, service
+    from server.salesforce import service
 
     fake_sf.expire_tokens()
-    tokens = service.fresh_tokens(sf_app.config, conn, secrets.keyring(sf_app.config), now)
+    tokens = service.fresh_tokens(sf_app.config, conn, app_keyring(sf_app), now)
     assert tokens.access_token in fake_sf.state.valid_tokens
 
 
@@ -205,19 +206,18 @@ def test_reseal_command_moves_tokens_to_the_newest_key(sf_app: Flask, world: Wor
                                                         fake_sf: FakeSalesforce, now: datetime):
     """After a new key is put first, does `relay salesforce reseal` move every token to it?"""
     from server.cli import main
-    from server.salesforce import secrets
 
-    connect(sf_app, fake_sf, world.org.id, now)  # sealed with test-key-1
-    env = {"DATABASE_URL": database_url, "ENCRYPTION_KEYS": "test-key-2,test-key-1"}
+    connect(sf_app, fake_sf, world.org.id, now)  # sealed with KEY_1
+    env = {"DATABASE_URL": database_url, "ENCRYPTION_KEYS": f"{KEY_2},{KEY_1}"}
     result = runner.invoke(main, ["salesforce", "reseal"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("2 tokens resealed with key ")
-    only_new = secrets.keyring({"ENCRYPTION_KEYS": "test-key-2"})
+    only_new = KeyRing.parse(KEY_2)
     conn = connection(session, world.org.id)
-    assert secrets.open_sealed(only_new, conn.access_token) in fake_sf.state.valid_tokens
-    assert secrets.open_sealed(only_new, conn.refresh_token) in fake_sf.state.refresh_tokens
+    assert only_new.decrypt(conn.access_token) in fake_sf.state.valid_tokens
+    assert only_new.decrypt(conn.refresh_token) in fake_sf.state.refresh_tokens
     again = runner.invoke(main, ["salesforce", "reseal"], env=env, catch_exceptions=False)
     assert again.output.startswith("0 tokens resealed")
     missing = runner.invoke(main, ["salesforce", "reseal"],
-                            env={"DATABASE_URL": database_url, "ENCRYPTION_KEYS": "other"})
+                            env={"DATABASE_URL": database_url, "ENCRYPTION_KEYS": KEY_3})
     assert missing.exit_code == 1 and "keep the old key" in missing.output

@@ -1,12 +1,10 @@
-"""Pure Salesforce decisions: the subject template, field mapping, backoff, secrets at rest."""
+"""Pure Salesforce decisions: the subject template, field mapping, backoff, PKCE."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from server.salesforce import mapping, secrets
+from server.salesforce import mapping
 from server.salesforce.auth import jwt_assertion, pkce_pair, signature_valid
 
 ACT = mapping.Activity(activity_type="Call", activity_subject="Intro call (Ann Lee)",
@@ -71,30 +69,6 @@ def test_backoff_doubles_and_is_capped():
     """Does the retry delay double from 30 s and stop at one hour?"""
     assert [mapping.backoff(n).total_seconds() for n in (1, 2, 3)] == [30, 60, 120]
     assert mapping.backoff(30) == timedelta(hours=1)
-
-
-def test_secrets_rotate_by_key_id():
-    """Does a value sealed with an old key open after rotation, and reseal to the new key?"""
-    old = secrets.keyring({"ENCRYPTION_KEYS": "old-key", "SECRET_KEY": "s"})
-    sealed = secrets.seal(old, "refresh-token-value")
-    assert "refresh-token-value" not in sealed and sealed.startswith(f"v1:{old.newest}:")
-    rotated = secrets.keyring({"ENCRYPTION_KEYS": "new-key, old-key", "SECRET_KEY": "s"})
-    assert secrets.open_sealed(rotated, sealed) == "refresh-token-value"
-    moved = secrets.reseal(rotated, sealed)
-    assert moved.split(":")[1] == rotated.newest != old.newest
-    assert secrets.open_sealed(secrets.keyring({"ENCRYPTION_KEYS": "new-key"}), moved) == \
-        "refresh-token-value"
-    with pytest.raises(secrets.SecretsError, match="not in ENCRYPTION_KEYS"):
-        secrets.open_sealed(secrets.keyring({"ENCRYPTION_KEYS": "new-key"}), sealed)
-    tampered = moved[:-4] + ("AAAA" if not moved.endswith("AAAA") else "BBBB")
-    with pytest.raises(secrets.SecretsError):
-        secrets.open_sealed(rotated, tampered)
-
-
-def test_production_needs_encryption_keys():
-    """Does production refuse to seal secrets without ENCRYPTION_KEYS?"""
-    with pytest.raises(secrets.SecretsError, match="ENCRYPTION_KEYS"):
-        secrets.keyring({"RELAY_ENV": "production", "SECRET_KEY": "s"})
 
 
 def test_pkce_and_token_signature():
