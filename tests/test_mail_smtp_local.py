@@ -83,6 +83,7 @@ def smtp_server():
         controllers.append(c)
         return port
 
+    start.controllers = controllers
     yield start
     for c in controllers:
         c.stop()
@@ -188,3 +189,149 @@ def test_local_outbox_draft_send_reconcile(tmp_path):
     assert t.reconcile(other, None).outcome is Outcome.NOT_SENT
     with pytest.raises(PermanentError):
         t.send_draft(Draft("77.eml"), other)
+
+
+# -- one SMTP connection for many emails ----------------------------------------------------
+
+
+class SessionSink(Sink):
+    """A sink that records which client connection (peer) carried each email.
+
+    ``drop_first_data`` aborts the connection at the first DATA (the outcome is unknown to
+    the client); ``close_mail_on_second`` answers 421 to the second MAIL FROM of a connection.
+    """
+
+    def __init__(self, drop_first_data=False, refuse_first_data=None,
+                 close_mail_on_second=False):
+        super().__init__()
+        self.drop_first_data = drop_first_data
+        self.refuse_first_data = refuse_first_data
+        self.close_mail_on_second = close_mail_on_second
+        self.peers: list[tuple[str, int]] = []
+        self.transports = []
+        self.mails: dict[tuple[str, int], int] = {}
+        self.datas = 0
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        n = self.mails[session.peer] = self.mails.get(session.peer, 0) + 1
+        if self.close_mail_on_second and n == 2:
+            return "421 4.4.2 Idle too long, closing connection"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.datas += 1
+        self.transports.append(server.transport)
+        if self.drop_first_data and self.datas == 1:
+            server.transport.abort()
+            return "250 OK"
+        if self.refuse_first_data and self.datas == 1:
+            return self.refuse_first_data
+        self.peers.append(session.peer)
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted"
+
+
+def plain(port, **limits):
+    return SmtpTransport(SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5,
+                                    **limits), clock=lambda: NOW)
+
+
+def test_smtp_many_emails_over_one_connection(smtp_server):
+    """Do consecutive emails share one SMTP connection, each delivered once, exactly built?"""
+    sink = SessionSink()
+    port = smtp_server(sink, auth=True)
+    t = transport(port)
+    messages = [message(send_id=i) for i in range(1, 8)]
+    for m in messages:
+        assert t.send_draft(Draft(m.message_id), m).provider_id == m.message_id
+    assert t.connections_opened == 1
+    assert len(set(sink.peers)) == 1 and len(sink.received) == 7
+    got = [BytesParser(policy=default).parsebytes(c)["Message-ID"] for *_, c in sink.received]
+    assert got == [m.message_id for m in messages]
+    t.close()
+    assert t._session is None
+
+
+def test_smtp_session_limits_open_new_connections(smtp_server):
+    """Are the per-connection email count and the idle limit honoured?"""
+    sink = SessionSink()
+    port = smtp_server(sink)
+    t = plain(port, session_messages=3)
+    for i in range(7):
+        t.send_draft(Draft("d"), message(send_id=i + 1))
+    assert t.connections_opened == 3  # 3 + 3 + 1
+    assert [len([p for p in sink.peers if p == peer]) for peer in dict.fromkeys(sink.peers)] \
+        == [3, 3, 1]
+    clock = [1000.0]
+    idle = plain(port, session_idle_seconds=30)
+    idle.monotonic = lambda: clock[0]
+    idle.send_draft(Draft("d"), message(send_id=20))
+    clock[0] += 29
+    idle.send_draft(Draft("d"), message(send_id=21))
+    assert idle.connections_opened == 1
+    clock[0] += 31
+    idle.send_draft(Draft("d"), message(send_id=22))
+    assert idle.connections_opened == 2
+    idle.close()
+    t.close()
+
+
+def test_smtp_reconnects_when_the_server_closed_the_kept_connection(smtp_server):
+    """Is an email sent over a new connection, once, when the server dropped the kept one?"""
+    import time
+
+    sink = SessionSink()
+    port = smtp_server(sink)
+    t = plain(port)
+    t.send_draft(Draft("d"), message(send_id=1))
+    loop = smtp_server.controllers[-1].loop
+    loop.call_soon_threadsafe(sink.transports[-1].close)  # the server hangs up while idle
+    time.sleep(0.2)
+    second = message(send_id=2)
+    t.send_draft(Draft("d"), second)
+    assert t.connections_opened == 2
+    assert len(sink.received) == 2 and len(set(sink.peers)) == 2
+    ids = [BytesParser(policy=default).parsebytes(c)["Message-ID"] for *_, c in sink.received]
+    assert ids.count(second.message_id) == 1
+    t.close()
+
+
+def test_smtp_reconnects_after_421_to_mail_from_on_a_kept_connection(smtp_server):
+    """Does a 421 to MAIL FROM on a kept connection lead to one resend on a new connection?"""
+    sink = SessionSink(close_mail_on_second=True)
+    port = smtp_server(sink)
+    t = plain(port)
+    t.send_draft(Draft("d"), message(send_id=1))
+    t.send_draft(Draft("d"), message(send_id=2))
+    assert t.connections_opened == 2 and len(sink.received) == 2
+    # On a fresh connection the same answer is the server's refusal: no second try.
+    fresh = plain(port, session_messages=1)
+    fresh.send_draft(Draft("d"), message(send_id=3))
+    assert fresh.connections_opened == 1
+    t.close()
+
+
+def test_smtp_no_reuse_after_an_unknown_outcome(smtp_server):
+    """After a connection lost during DATA, is the next email sent over a new connection?"""
+    sink = SessionSink(drop_first_data=True)
+    port = smtp_server(sink)
+    t = plain(port)
+    with pytest.raises(OutcomeUnknown):
+        t.send_draft(Draft("d"), message(send_id=1))
+    assert t._session is None
+    t.send_draft(Draft("d"), message(send_id=2))
+    assert t.connections_opened == 2 and len(sink.received) == 1
+    t.close()
+
+
+def test_smtp_no_reuse_after_a_refusal(smtp_server):
+    """After the server refused a message, is the next one sent over a new connection?"""
+    sink = SessionSink(refuse_first_data="451 4.3.0 Temporary failure")
+    port = smtp_server(sink)
+    t = plain(port)
+    with pytest.raises(TransientError):
+        t.send_draft(Draft("d"), message(send_id=1))
+    t.send_draft(Draft("d"), message(send_id=2))
+    assert t.connections_opened == 2 and len(set(sink.peers)) == 1
+    t.close()

@@ -7,6 +7,14 @@ the server never took the message (retry or fail); a connection lost while the m
 was on its way or before the server's answer to it means nobody knows (``OutcomeUnknown``).
 Reconciliation searches the IMAP Sent folder for our ``Message-ID``; without IMAP there is no
 way to look, so the outcome stays ``UNKNOWN`` (the dispatcher leaves it for a person).
+
+**One SMTP session for many emails.** The transport keeps its authenticated connection open
+after an email the server accepted (``250`` to ``DATA``) and sends the next one over it, for at
+most ``session_messages`` emails, ``session_seconds`` of age and ``session_idle_seconds`` of
+idleness. A connection is never used again after anything went wrong on it: any error closes
+it (an unknown outcome closes it without even a ``QUIT``). A kept connection the server has
+closed in the meantime fails at ``MAIL FROM`` — before any message could have been taken — and
+only then is the email sent once more over a fresh connection.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import logging
 import re
 import smtplib
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +46,7 @@ from server.mail.transport import (
     Reconciled,
     Sent,
     TransientError,
+    TransportError,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,11 @@ class SmtpConfig:
     #: Whether to APPEND a copy to the Sent folder after sending (servers like Gmail's
     #: file sent mail themselves; most others do not).
     save_sent: bool = True
+    #: How many emails one SMTP connection carries before it is closed (1: a new connection
+    #: for every email), and how old and how idle it may be to carry another.
+    session_messages: int = 100
+    session_seconds: float = 300.0
+    session_idle_seconds: float = 30.0
 
     def __repr__(self) -> str:
         # The password never appears in a repr (and so in no log line or traceback).
@@ -87,6 +103,20 @@ def _text(resp: Any) -> str:
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
 
 
+class _Stale(Exception):
+    """A kept connection turned out closed at ``MAIL FROM``: nothing was sent over it."""
+
+
+@dataclass
+class _Session:
+    """An open SMTP connection kept for the next email, with its age and use."""
+
+    smtp: smtplib.SMTP
+    opened: float
+    used: float
+    messages: int = 0
+
+
 class SmtpTransport:
     """A mailbox reached over SMTP, with IMAP for drafts, reconciliation and detection."""
 
@@ -101,6 +131,12 @@ class SmtpTransport:
         self._smtp_factory = smtp_factory
         self._imap_factory = imap_factory
         self._clock = clock
+        #: The time source of the session limits (tests move it).
+        self.monotonic: Callable[[], float] = time.monotonic
+        self._session: _Session | None = None
+        self._lock = threading.Lock()
+        #: How many SMTP connections this transport opened (tests and the benchmark read it).
+        self.connections_opened = 0
 
     # -- SMTP ---------------------------------------------------------------------------
 
@@ -125,6 +161,7 @@ class SmtpTransport:
             else:
                 smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
             holder.append(smtp)
+            self.connections_opened += 1
             smtp.ehlo()
             if cfg.security == "starttls":
                 smtp.starttls(context=ssl.create_default_context())
@@ -163,16 +200,101 @@ class SmtpTransport:
         return Draft(id=message.message_id)
 
     def send_draft(self, draft: Draft, message: OutboundMessage) -> Sent:
-        """Send the message over SMTP; classify every failure by the phase it happened in."""
+        """Send the message over SMTP; classify every failure by the phase it happened in.
+
+        The email goes over the kept connection when there is a usable one (see the module
+        docstring); if that connection was closed by the server before it answered
+        ``MAIL FROM``, the email is sent over a new connection instead.
+        """
         if not message.recipients:
             raise PermanentError("the message has no recipients")
         sender = message.mime["From"].addresses[0].addr_spec
-        smtp = self._connect()
-        data_started = False
+        payload = message_bytes(message)
+        with self._lock:
+            session = self._take()
+            reused = session is not None
+            if session is None:
+                session = self._open()
+            try:
+                refused = self._transaction(session.smtp, sender, message, payload, reused)
+            except _Stale:
+                self._discard(session.smtp, polite=False)
+                session = self._open()
+                refused = self._transaction(session.smtp, sender, message, payload, False)
+            self._keep(session)
+        if refused:
+            log.warning("send %s: recipients refused: %s", message.send_id, sorted(refused))
+        sent_at = self._clock()
+        if self.config.imap_host:
+            self._file_sent(message)
+        return Sent(provider_id=message.message_id, sent_at=sent_at)
+
+    def close(self) -> None:
+        """Close the kept SMTP connection, if any (``QUIT``)."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            self._discard(session.smtp, polite=True)
+
+    def __del__(self) -> None:
+        # A dropped transport (a reconnected mailbox, the end of a test) closes its socket.
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.smtp.close()
+
+    def _take(self) -> _Session | None:
+        """The kept connection if it may carry one more email (else it is closed)."""
+        session, self._session = self._session, None
+        if session is None:
+            return None
+        cfg, now = self.config, self.monotonic()
+        if (session.messages >= cfg.session_messages
+                or now - session.opened >= cfg.session_seconds
+                or now - session.used >= cfg.session_idle_seconds):
+            self._discard(session.smtp, polite=True)
+            return None
+        return session
+
+    def _open(self) -> _Session:
+        now = self.monotonic()
+        return _Session(self._connect(), opened=now, used=now)
+
+    def _keep(self, session: _Session) -> None:
+        """After an accepted email: keep the connection for the next one, within the limits."""
+        session.messages += 1
+        session.used = self.monotonic()
+        if session.messages >= self.config.session_messages:
+            self._discard(session.smtp, polite=True)
+        else:
+            self._session = session
+
+    @staticmethod
+    def _discard(smtp: smtplib.SMTP, *, polite: bool) -> None:
+        """Close a connection: with ``QUIT`` when its state is known, else just the socket."""
+        if polite:
+            try:
+                smtp.quit()
+                return
+            except (OSError, smtplib.SMTPException):
+                pass
+        smtp.close()
+
+    def _transaction(self, smtp: smtplib.SMTP, sender: str, message: OutboundMessage,
+                     payload: bytes, reused: bool) -> dict[str, tuple[int, str]]:
+        """One mail transaction (MAIL, RCPT, DATA); the refused recipients when it was taken.
+
+        Raises ``_Stale`` only when ``reused`` and the connection was found closed before
+        the server answered ``MAIL FROM``. Any other failure closes the connection (without
+        ``QUIT`` when the outcome is unknown) and raises the transport error.
+        """
+        phase = "mail"
         try:
             code, resp = smtp.mail(sender)
             if code != 250:
+                if reused and code == 421:  # "closing the connection": nothing was taken
+                    raise _Stale
                 raise _code_error(code, _text(resp), "MAIL FROM")
+            phase = "rcpt"
             refused: dict[str, tuple[int, str]] = {}
             for rcpt in message.recipients:
                 code, resp = smtp.rcpt(rcpt)
@@ -181,30 +303,32 @@ class SmtpTransport:
             if len(refused) == len(message.recipients):
                 code, text = next(iter(refused.values()))
                 raise _code_error(code, text, f"RCPT TO refused for {', '.join(refused)}")
-            data_started = True
-            code, resp = smtp.data(message_bytes(message))
+            phase = "data"
+            code, resp = smtp.data(payload)
             if code != 250:
                 raise _code_error(code, _text(resp), "DATA")
+        except _Stale:
+            raise
         except smtplib.SMTPResponseException as exc:
             # smtplib raises for DATA's 354 step; a non-354 answer is the server's refusal.
-            # (Checked first: SMTP exceptions are OSErrors too.)
+            # (Checked first: SMTP exceptions are OSErrors too.) The server answered, so
+            # nothing is unknown, but the connection is not used again.
+            self._discard(smtp, polite=True)
             raise _code_error(exc.smtp_code, _text(exc.smtp_error), "DATA") from None
         except OSError as exc:
             # Disconnects and timeouts: before DATA nothing was taken; after, nobody knows.
-            if data_started:
+            self._discard(smtp, polite=False)
+            if phase == "data":
                 raise OutcomeUnknown(f"SMTP connection lost during DATA: {exc}") from None
+            if reused and phase == "mail":
+                raise _Stale from None
             raise TransientError(f"SMTP connection lost before DATA: {exc}") from None
-        finally:
-            try:
-                smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                smtp.close()
-        if refused:
-            log.warning("send %s: recipients refused: %s", message.send_id, sorted(refused))
-        sent_at = self._clock()
-        if self.config.imap_host:
-            self._file_sent(message)
-        return Sent(provider_id=message.message_id, sent_at=sent_at)
+        except BaseException as exc:
+            # The server's refusal (a TransportError above: it answered, so QUIT is fine), or
+            # anything unexpected (state unknown: just close). Never used again either way.
+            self._discard(smtp, polite=isinstance(exc, TransportError))
+            raise
+        return refused
 
     # -- IMAP ---------------------------------------------------------------------------
 
