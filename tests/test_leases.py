@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 
 from server.db import session_scope
 from server.mail.models import ScheduledSend, SendStatus
-from server.outbox.leases import Claim, claim, expired, fenced_update, release
+from server.outbox.leases import (
+    Claim,
+    claim,
+    expired,
+    fenced_update,
+    fenced_update_many,
+    release,
+)
 from tests.conftest import PG_URL, make_contact, make_org, make_user
 
 LEASE = timedelta(seconds=60)
@@ -86,6 +93,44 @@ def test_a_lost_lease_fences_every_write(app: Flask, session: Session, now: date
         assert (row.reason, row.status, row.lease_token, row.attempts) == (
             "released", SendStatus.SCHEDULED, None, 2)
         assert not fenced_update(s, ScheduledSend, retaken[0], now=later, values={"reason": "x"})
+
+
+def test_fenced_update_many_writes_only_rows_still_held(app: Flask, session: Session,
+                                                       now: datetime):
+    """Does one statement write each row's own values only where its own lease still holds?"""
+    ids = _sends(session, now, 5)
+    with session_scope(app) as s:
+        first = _claim(s, now, 2)   # rows 0, 1: one token
+        second = _claim(s, now, 3)  # rows 2, 3, 4: another token
+    forged = Claim(id=second[0].id, token=first[0].token, expires_at=first[0].expires_at)
+    later = now + timedelta(seconds=10)
+    items = [
+        (first[0], {"status": SendStatus.DRAFTED, "draft_id": "d0", "subject": "own subject"}),
+        (first[1], {"status": SendStatus.DRAFTED, "draft_id": "d1"}),
+        (forged, {"status": SendStatus.DRAFTED, "draft_id": "forged"}),  # token of another
+        (second[1], {"status": SendStatus.DRAFTED, "draft_id": "d3", "sent_at": later}),
+    ]
+    with session_scope(app) as s:
+        written = fenced_update_many(s, ScheduledSend, items, now=later, extend=LEASE)
+    assert written == {ids[0], ids[1], ids[3]}
+    with session_scope(app) as s:
+        rows = {r.id: r for r in s.scalars(select(ScheduledSend))}
+        assert [(rows[i].status, rows[i].draft_id, rows[i].subject) for i in ids] == [
+            (SendStatus.DRAFTED, "d0", "own subject"), (SendStatus.DRAFTED, "d1", "Hi"),
+            (SendStatus.CLAIMED, None, "Hi"), (SendStatus.DRAFTED, "d3", "Hi"),
+            (SendStatus.CLAIMED, None, "Hi")]
+        assert rows[ids[3]].sent_at == later and rows[ids[1]].sent_at is None
+        assert rows[ids[0]].lease_expires_at == later + LEASE
+        assert rows[ids[2]].lease_expires_at == now + LEASE  # not renewed: not ours
+    # A lease that ran out fences the whole statement's rows the same way.
+    late = now + timedelta(seconds=10) + LEASE
+    with session_scope(app) as s:
+        assert fenced_update_many(s, ScheduledSend, [(second[2], {"reason": "late"}),
+                                                     (first[0], {"reason": "late"})],
+                                  now=late) == set()
+    with session_scope(app) as s:
+        assert fenced_update_many(s, ScheduledSend, [], now=late) == set()
+        assert s.scalar(select(ScheduledSend.reason).where(ScheduledSend.id == ids[4])) is None
 
 
 @pytest.mark.skipif(not PG_URL, reason="SKIP LOCKED is PostgreSQL's; SQLite serialises writers")

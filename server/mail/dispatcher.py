@@ -64,7 +64,7 @@ from server.compose.render import OutputTooLarge, TemplateInvalid, render_email
 from server.contacts.models import Contact
 from server.db import utcnow
 from server.feed.models import EventKind
-from server.feed.service import record
+from server.feed.service import record, record_many
 from server.mail import pacing
 from server.mail.headers import RELAY_MESSAGE_ID, HeaderError, build_message
 from server.mail.models import (
@@ -89,7 +89,14 @@ from server.mail.transport import (
     TransportError,
     TransportResolver,
 )
-from server.outbox.leases import Claim, claim, expired, fenced_update, release
+from server.outbox.leases import (
+    Claim,
+    claim,
+    expired,
+    fenced_update,
+    fenced_update_many,
+    release,
+)
 from server.tasks.models import CompletedVia, Task, TaskStatus
 
 log = logging.getLogger("relay.dispatch")
@@ -680,15 +687,12 @@ class Dispatcher:
         return _Job(held, row, transport, message, draft, status, values)
 
     def _write_many(self, items: list[tuple[_Held, Mapping[str, Any]]]) -> set[int]:
-        """Fenced writes (renewing each lease) in one transaction; the ids still ours."""
+        """Fenced writes (renewing each lease) in one statement; the ids still ours."""
         now = self.clock.now()
-        kept: set[int] = set()
         with self._tx() as s:
-            for held, values in items:
-                if fenced_update(s, SS, held.claim, now=now,
-                                 values={**values, "updated_at": now},
-                                 extend=self.settings.lease):
-                    kept.add(held.claim.id)
+            kept = fenced_update_many(
+                s, SS, [(held.claim, {**values, "updated_at": now}) for held, values in items],
+                now=now, extend=self.settings.lease)
         for held, _values in items:
             if held.claim.id in kept:
                 held.expires_at = now + self.settings.lease
@@ -731,22 +735,32 @@ class Dispatcher:
 
         Per row: None when marked, the moment a slot opens when the pace or the cap is full
         (nothing written for it), or ``"lost"`` when its lease is gone. Pace rows are
-        locked in owner order, so concurrent workers cannot deadlock on them.
+        locked in owner order, so concurrent workers cannot deadlock on them; each mailbox's
+        pace row is read and written once for all its rows of the group, and the rows are
+        marked by one fenced statement.
         """
         out: dict[int, str | datetime | None] = {}
         if not jobs:
             return out
         now = self.clock.now()
+        by_owner: dict[int, list[_Job]] = {}
+        for job in sorted(jobs, key=lambda j: (j.row.owner_id, j.row.id)):
+            _check(job.status, SendStatus.SENDING)
+            by_owner.setdefault(job.row.owner_id, []).append(job)
         with self._tx(durable=True) as s:
-            for job in sorted(jobs, key=lambda j: (j.row.owner_id, j.row.id)):
-                _check(job.status, SendStatus.SENDING)
-                until = self._reserve(s, job.row, job.transport, now)
-                if until is not None:
-                    out[job.held.claim.id] = until
-                    continue
-                if fenced_update(s, SS, job.held.claim, now=now,
-                                 values={"status": SendStatus.SENDING, "updated_at": now},
-                                 extend=self.settings.lease):
+            reserved: list[_Job] = []
+            for owner_jobs in by_owner.values():
+                slots = self._reserve(s, owner_jobs, now)
+                for job, until in zip(owner_jobs, slots, strict=True):
+                    if until is not None:
+                        out[job.held.claim.id] = until
+                    else:
+                        reserved.append(job)
+            kept = fenced_update_many(
+                s, SS, [(job.held.claim, {"status": SendStatus.SENDING, "updated_at": now})
+                        for job in reserved], now=now, extend=self.settings.lease)
+            for job in reserved:
+                if job.held.claim.id in kept:
                     out[job.held.claim.id] = None
                 else:
                     out[job.held.claim.id] = "lost"
@@ -758,51 +772,71 @@ class Dispatcher:
                 job.held.expires_at = now + self.settings.lease
         return out
 
-    def _reserve(self, s: Session, row: ScheduledSend, transport: Transport,
-                 now: datetime) -> datetime | None:
-        """Take one slot of the mailbox's pace and cap at ``now``; else when one opens."""
+    def _reserve(self, s: Session, jobs: list[_Job], now: datetime) -> list[datetime | None]:
+        """Take one slot of the mailbox's pace and cap at ``now`` for each of one rep's rows.
+
+        The mailbox's pace row is locked and read once, the slots are taken in order (None)
+        while the pace and the cap allow, a row that gets none gets the moment one opens, and
+        the pace row is written once.
+        """
+        first = jobs[0].row
+        owner_id = first.owner_id
         lock = (select(MailboxPace.recent, MailboxPace.day, MailboxPace.day_count,
                        MailboxPace.paused_until)
-                .where(MailboxPace.owner_id == row.owner_id).with_for_update())
+                .where(MailboxPace.owner_id == owner_id).with_for_update())
         found = s.execute(lock).first()
         if found is None:
-            self._ensure_pace_rows(s, [row.owner_id])
+            self._ensure_pace_rows(s, [owner_id])
             found = s.execute(lock).one()
-        cap = pacing.effective_cap(self.settings.daily_cap,
-                                   self._org_caps(s, {row.org_id})[row.org_id],
-                                   getattr(transport, "daily_limit", None))
         state = pacing.MailboxState(recent=tuple(float(t) for t in found.recent or ()),
                                     day=found.day, day_count=found.day_count,
                                     paused_until=found.paused_until)
-        other = self._box(row.owner_id).paused_until
+        other = self._box(owner_id).paused_until
         if other is not None and (state.paused_until is None or other > state.paused_until):
             state = replace(state, paused_until=other)
-        decision = pacing.decide(state, now, self.settings.pace, cap)
-        if not decision.allowed:
-            return decision.not_before
-        after = pacing.record_send(state, now, self.settings.pace)
-        s.execute(update(MailboxPace).where(MailboxPace.owner_id == row.owner_id)
-                  .values(recent=list(after.recent), day=after.day,
-                          day_count=after.day_count))
-        return None
+        out: list[datetime | None] = []
+        taken = False
+        for job in jobs:
+            cap = pacing.effective_cap(self.settings.daily_cap,
+                                       self._org_caps(s, {job.row.org_id})[job.row.org_id],
+                                       getattr(job.transport, "daily_limit", None))
+            decision = pacing.decide(state, now, self.settings.pace, cap)
+            if not decision.allowed:
+                out.append(decision.not_before)
+                continue
+            state = pacing.record_send(state, now, self.settings.pace)
+            taken = True
+            out.append(None)
+        if taken:
+            s.execute(update(MailboxPace).where(MailboxPace.owner_id == owner_id)
+                      .values(recent=list(state.recent), day=state.day,
+                              day_count=state.day_count))
+        return out
 
     def _mark_sent_many(self, done: list[tuple[_Job, Sent]]) -> set[int]:
-        """Record several sent emails (and what each causes) in one transaction."""
+        """Record several sent emails (and what each causes) in one transaction.
+
+        The rows are released as ``sent`` by one fenced statement; the Live Feed events of
+        plain sends go in with one ``INSERT``; campaign and task sends move their campaign or
+        task on one by one, each in a savepoint.
+        """
         now = self.clock.now()
-        kept: set[int] = set()
         with self._tx() as s:
+            kept = fenced_update_many(s, SS, [
+                (job.held.claim, {**_sent_values(job.row, job.message.message_id, sent,
+                                                 job.draft, sent.sent_at or now, now),
+                                  "lease_token": None, "lease_expires_at": None})
+                for job, sent in done], now=now)
+            events: list[dict[str, Any]] = []
             for job, sent in done:
                 row = job.row
                 sent_at = sent.sent_at or now
-                ok = release(s, SS, job.held.claim, now=now, values=_sent_values(
-                    row, job.message.message_id, sent, job.draft, sent_at, now))
-                if not ok:
+                if row.id not in kept:
                     log.warning("send %d: lease lost before recording it sent; "
                                 "reconciliation will", row.id)
                     continue
-                kept.add(row.id)
                 if row.enrollment_step_id is None and row.task_id is None:
-                    self._after_sent(s, row, sent_at, job.message.message_id, now)
+                    events.append(_sent_event(row, sent_at))
                     continue
                 # A campaign or task that cannot take the news must not undo the "sent".
                 try:
@@ -813,6 +847,7 @@ class Dispatcher:
                                   "be moved on", row.id)
                     s.execute(update(SS).where(SS.id == row.id).values(
                         last_error=f"sent; moving the campaign on failed: {exc}"[:2000]))
+            record_many(s, events)
         return kept
 
     def _mark_sent(self, held: _Held, row: ScheduledSend, message_id: str, sent: Sent,
@@ -837,12 +872,7 @@ class Dispatcher:
         if row.enrollment_step_id is not None:
             send_finished(s, row.id, now)
             return
-        who = getattr(row, "contact_name", None) or row.to_email
-        record(s, org_id=row.org_id, owner_id=row.owner_id, kind=EventKind.SEND_SENT,
-               summary=f"Email to {who} sent",
-               data={"send_id": row.id, "task_id": row.task_id,
-                     "campaign_id": row.campaign_id, "contact_id": row.contact_id,
-                     "sent_at": sent_at.isoformat()})
+        record_many(s, [_sent_event(row, sent_at)])
         if row.task_id is not None:
             from server.tasks.service import complete_task
 
@@ -1002,6 +1032,16 @@ def _state(pace_row: MailboxPace) -> pacing.MailboxState:
     return pacing.MailboxState(recent=tuple(float(t) for t in pace_row.recent or ()),
                                day=pace_row.day, day_count=pace_row.day_count,
                                paused_until=pace_row.paused_until)
+
+
+def _sent_event(row: ScheduledSend, sent_at: datetime) -> dict[str, Any]:
+    """The Live Feed entry of a sent email (for ``record_many``)."""
+    who = getattr(row, "contact_name", None) or row.to_email
+    return {"org_id": row.org_id, "owner_id": row.owner_id, "kind": EventKind.SEND_SENT,
+            "summary": f"Email to {who} sent",
+            "data": {"send_id": row.id, "task_id": row.task_id,
+                     "campaign_id": row.campaign_id, "contact_id": row.contact_id,
+                     "sent_at": sent_at.isoformat()}}
 
 
 def _failed_event(s: Session, row: ScheduledSend, reason: str, status: SendStatus) -> None:

@@ -18,12 +18,12 @@ Time is always passed in.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, String, select, update
+from sqlalchemy import ColumnElement, Integer, String, case, literal, select, tuple_, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 
@@ -97,6 +97,48 @@ def fenced_update(session: Session, model: type[Any], held: Claim, *, now: datet
         .execution_options(synchronize_session=False)
     ).rowcount
     return changed == 1
+
+
+def fenced_update_many(session: Session, model: type[Any],
+                       items: Sequence[tuple[Claim, Mapping[str, Any]]], *, now: datetime,
+                       extend: timedelta | None = None) -> set[int]:
+    """:func:`fenced_update` for many rows in one statement; returns the ids written.
+
+    Each item is a held claim and the values for its row. Every row is fenced exactly as by
+    :func:`fenced_update` — its id *and* its own lease token must match and its lease must
+    still run at ``now`` — and only the rows that pass are changed (``RETURNING`` names them).
+    Values shared by every item are set as they are; values that differ are chosen per row by
+    ``CASE id WHEN …`` (a column missing from an item keeps that row's value). ``extend``
+    renews every written lease to ``now + extend``. The caller commits.
+    """
+    if not items:
+        return set()
+    keys = list(dict.fromkeys(k for _, values in items for k in values))
+    shared: dict[str, Any] = {}
+    varying: dict[str, Any] = {}
+    for key in keys:
+        col = getattr(model, key)
+        present = [values[key] for _, values in items if key in values]
+        first = present[0]
+        if len(present) == len(items) and all(
+                v is first or (type(v) is type(first) and v == first) for v in present):
+            shared[key] = first
+            continue
+        whens = {held.id: literal(values[key], col.type)
+                 for held, values in items if key in values}
+        varying[key] = case(whens, value=model.id,
+                            else_=col if len(whens) < len(items) else None)
+    if extend is not None:
+        shared["lease_expires_at"] = now + extend
+    written = session.execute(
+        update(model)
+        .where(tuple_(model.id, model.lease_token).in_([(h.id, h.token) for h, _ in items]),
+               model.lease_expires_at > now)
+        .values(**shared, **varying)
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    return set(written)
 
 
 def release(session: Session, model: type[Any], held: Claim, *, now: datetime,
