@@ -206,3 +206,32 @@ def test_parse_address_keeps_display_name():
     r = parse_address("to", '"O\'Neil, Kate" <kate@client.test>')
     assert (r.name, r.email) == ("O'Neil, Kate", "kate@client.test")
     assert parse_address("to", "kate@client.test").name == ""
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"sender": '"Doe, Zoë" <zoe@acme.test>', "to": ["Łukasz Ż <l@client.test>", "b@c.test"],
+     "subject": "Grüße — " + "a long subject that has to be folded " * 6, "task_id": 3},
+    {"in_reply_to": "<relay.41.aaaaaaaaaaaaaaaa@acme.test>",
+     "references": ["<first@mail.gmail.com>"], "cc": ["cc@client.test"]},
+    {"html": "<p>" + "é long line " * 200 + "</p>", "text": None},
+    {"html": None, "text": "plain only\n" * 3},
+])
+def test_cached_header_classes_build_the_very_same_bytes(kw, monkeypatch):
+    """Is the email built with the caching header registry byte for byte the stdlib's?"""
+    import random
+    from email.headerregistry import HeaderRegistry
+    from email.policy import SMTP
+
+    import server.mail.headers as headers
+
+    random.seed(7)  # the multipart boundary is drawn from ``random``
+    fast = message_bytes(build(**kw))
+    monkeypatch.setattr(headers, "POLICY", SMTP)
+    monkeypatch.setattr(headers, "_REGISTRY", HeaderRegistry())
+    random.seed(7)
+    plain = build(**kw).mime.as_bytes(policy=SMTP)
+    assert fast == plain
+    assert headers._REGISTRY["subject"] is not headers._REGISTRY["subject"]  # stdlib: new
+    monkeypatch.undo()
+    assert headers._REGISTRY["Subject"] is headers._REGISTRY["subject"]  # cached

@@ -24,6 +24,7 @@ from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, getaddresses
+from functools import lru_cache
 
 from server.mail.transport import OutboundMessage
 
@@ -36,7 +37,37 @@ MSG_ID = re.compile(r"^<[!-;=?-~]+@[!-;=?-Z^-~\[\]]+>$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
-_REGISTRY = HeaderRegistry()
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib header registry, making each header's class once instead of on every use.
+
+    ``HeaderRegistry.__getitem__`` builds a new class (``type(...)``) for every header it
+    parses or stores — about 30 per built email, a fifth of the build time. The classes it
+    builds depend only on the (lower-cased) header name, so they are kept; the header objects
+    are exactly those of the stdlib registry.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+    def map_to_type(self, name: str, cls: type) -> None:
+        """Register ``cls`` for ``name`` headers (and forget the class built before)."""
+        super().map_to_type(name, cls)
+        self._classes.pop(name.lower(), None)
+
+
+_REGISTRY = _HeaderClasses()
+#: ``email.policy.SMTP`` with the caching header registry (the same headers, built faster).
+POLICY = SMTP.clone(header_factory=_REGISTRY)
 
 
 class HeaderError(ValueError):
@@ -94,6 +125,7 @@ def _check_addr_spec(field: str, addr: str) -> None:
         raise HeaderError(field, f"{addr!r} has a domain that is not a valid host name")
 
 
+@lru_cache(maxsize=4096)  # pure; a rep's own address is parsed for every email
 def parse_address(field: str, value: str) -> Recipient:
     """Parse exactly one address (``pat@x.com`` or ``"Doe, Pat" <pat@x.com>``) strictly.
 
@@ -208,7 +240,7 @@ def build_message(
         refs = refs[:1] + refs[-49:]
     message_id = new_message_id(send_id, domain or from_addr.email.rpartition("@")[2], nonce)
 
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=POLICY)
     msg["From"] = from_addr.header()
     msg["To"] = [r.header() for r in to_addrs]
     if cc_addrs:
@@ -233,4 +265,4 @@ def build_message(
 
 def message_bytes(message: OutboundMessage) -> bytes:
     """The RFC 5322 bytes of a built message (CRLF line ends), as providers take them."""
-    return message.mime.as_bytes(policy=SMTP)
+    return message.mime.as_bytes(policy=POLICY)
