@@ -132,7 +132,10 @@ def fenced_update_many(session: Session, model: type[Any],
         shared["lease_expires_at"] = now + extend
     written = session.execute(
         update(model)
-        .where(tuple_(model.id, model.lease_token).in_([(h.id, h.token) for h, _ in items]),
+        # ``id IN (…)`` alone lets the planner go by the primary key; the row-value IN then
+        # requires each row's own token.
+        .where(model.id.in_([h.id for h, _ in items]),
+               tuple_(model.id, model.lease_token).in_([(h.id, h.token) for h, _ in items]),
                model.lease_expires_at > now)
         .values(**shared, **varying)
         .returning(model.id)
