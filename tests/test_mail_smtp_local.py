@@ -335,3 +335,24 @@ def test_smtp_no_reuse_after_a_refusal(smtp_server):
     t.send_draft(Draft("d"), message(send_id=2))
     assert t.connections_opened == 2 and len(set(sink.peers)) == 1
     t.close()
+
+
+def test_smtp_silent_kept_connection_is_transient_not_resent(smtp_server):
+    """A kept connection that stops answering MAIL FROM: a transient error, no second try."""
+    import asyncio
+
+    class Silent(SessionSink):
+        async def handle_MAIL(self, server, session, envelope, address, mail_options):
+            n = self.mails[session.peer] = self.mails.get(session.peer, 0) + 1
+            if n == 2:
+                await asyncio.sleep(3)
+            envelope.mail_from = address
+            return "250 OK"
+
+    sink = Silent()
+    port = smtp_server(sink)
+    t = SmtpTransport(SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=1))
+    t.send_draft(Draft("d"), message(send_id=1))
+    with pytest.raises(TransientError, match="before DATA"):
+        t.send_draft(Draft("d"), message(send_id=2))
+    assert t.connections_opened == 1 and t._session is None and len(sink.received) == 1

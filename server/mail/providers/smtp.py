@@ -320,7 +320,12 @@ class SmtpTransport:
             self._discard(smtp, polite=False)
             if phase == "data":
                 raise OutcomeUnknown(f"SMTP connection lost during DATA: {exc}") from None
-            if reused and phase == "mail":
+            # (smtplib turns a read timeout into SMTPServerDisconnected; the cause stays.)
+            timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__,
+                                                                    TimeoutError)
+            if reused and phase == "mail" and not timed_out:
+                # Closed while kept (not a silent server: that waits for the backoff, so one
+                # call never spends two timeouts of the lease).
                 raise _Stale from None
             raise TransientError(f"SMTP connection lost before DATA: {exc}") from None
         except BaseException as exc:
