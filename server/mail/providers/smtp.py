@@ -14,7 +14,8 @@ most ``session_messages`` emails, ``session_seconds`` of age and ``session_idle_
 idleness. A connection is never used again after anything went wrong on it: any error closes
 it (an unknown outcome closes it without even a ``QUIT``). A kept connection the server has
 closed in the meantime fails at ``MAIL FROM`` — before any message could have been taken — and
-only then is the email sent once more over a fresh connection.
+only then is the email sent once more over a fresh connection (a timeout there is a
+``TransientError``: one call never spends two timeouts of the lease).
 """
 
 from __future__ import annotations
