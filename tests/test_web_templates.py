@@ -5,12 +5,10 @@ from __future__ import annotations
 import html
 import re
 
-import pytest
 from flask.testing import FlaskClient
 from markupsafe import escape
 from sqlalchemy.orm import Session
 
-from server.compose import service as compose_service
 from server.compose.models import Template
 from tests.conftest import World, make_contact, make_template
 from tests.test_web_campaigns import csrf_of, sign_in
@@ -53,8 +51,6 @@ def test_new_template_is_saved(client: FlaskClient, session: Session, world: Wor
     assert "Saved “Intro”." in page and str(escape(body)) in page
 
 
-@pytest.mark.skipif(not hasattr(compose_service, "template_errors"),
-                    reason="template save validation (compose service) has not landed yet")
 def test_edit_errors_are_shown_at_their_line(client: FlaskClient, session: Session,
                                              world: World):
     """Is an unknown field on line 3 refused with its line and column, pointed at, unsaved?"""

@@ -47,6 +47,7 @@ from server.accounts.service import create_token  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import normalise_database_url  # noqa: E402
 from server.db import dispose  # noqa: E402
+from server.migrations import upgrade  # noqa: E402
 
 CONTACTS_PER_REP = 500
 STEPS = 10
@@ -205,8 +206,11 @@ def main() -> None:
     if not name.startswith("relay_bench_p"):
         sys.exit("BENCH_DATABASE_URL must name a throwaway database called relay_bench_p*")
 
-    url = (normalise_database_url(os.environ["BENCH_DATABASE_URL"]) if args.reuse
-           else database_url())
+    if args.reuse:  # the loaded rows stay; newer migrations are applied
+        url = normalise_database_url(os.environ["BENCH_DATABASE_URL"])
+        upgrade(url)
+    else:
+        url = database_url()
     app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "bench"})
     engine = app.extensions["relay.engine"]
     t0 = clock.perf_counter()

@@ -23,7 +23,7 @@ from server.db import session_scope, utcnow
 from server.salesforce.fake import Failure, FakeSalesforce
 from server.salesforce.models import SyncItem, SyncStatus
 from tests.conftest import PG_URL, make_campaign, make_contact, make_org, make_user, task_step
-from tests.salesforce.conftest import connect
+from tests.salesforce.conftest import KEY_1, connect
 
 WORKER = """
 import sys
@@ -32,7 +32,7 @@ from server.worker import run
 app = create_app({"DATABASE_URL": sys.argv[1], "SECRET_KEY": "test-secret",
                   "SALESFORCE_LOGIN_URL": sys.argv[2], "SALESFORCE_CA_BUNDLE": sys.argv[3],
                   "SALESFORCE_CLIENT_ID": "fake-client", "SALESFORCE_CLIENT_SECRET": "fake-secret",
-                  "ENCRYPTION_KEYS": "test-key-1", "WORKER_POLL_SECONDS": 0.2,
+                  "ENCRYPTION_KEYS": sys.argv[4], "WORKER_POLL_SECONDS": 0.2,
                   "SALESFORCE_LEASE_SECONDS": 3})
 run(app)
 """
@@ -51,7 +51,7 @@ def _worker(app: Flask, fake: FakeSalesforce, log: Path) -> subprocess.Popen[byt
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-c", WORKER, app.config["DATABASE_URL"], fake.url,
-             str(fake.cert_path)], stdout=out, stderr=out,
+             str(fake.cert_path), KEY_1], stdout=out, stderr=out,
             env={**os.environ, "RELAY_ENV": "development"})
 
 
