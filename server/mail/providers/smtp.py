@@ -252,7 +252,9 @@ class SmtpTransport:
         if (session.messages >= cfg.session_messages
                 or now - session.opened >= cfg.session_seconds
                 or now - session.used >= cfg.session_idle_seconds):
-            self._discard(session.smtp, polite=True)
+            # No QUIT: the server may be long gone, and waiting for its answer would spend
+            # the lease of the email about to be sent. No transaction is open on it.
+            self._discard(session.smtp, polite=False)
             return None
         return session
 
