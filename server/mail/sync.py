@@ -394,18 +394,31 @@ def _enrollment(session: Session, enrollment_id: int) -> tuple[Enrollment, Campa
     return enrollment, campaign, contact
 
 
+def _matched_enrollment(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Observed,
+                        match: detect.Match | None, kind: MatchKind, now: datetime
+                        ) -> tuple[Enrollment, Campaign, Contact] | None:
+    """The enrollment a reply or bounce ``match`` points at, once its match is recorded.
+
+    None when nothing matched, the enrollment is gone, or this message was already applied.
+    """
+    if match is None:
+        return None
+    found = _enrollment(session, match.target)
+    if found is None:
+        return None
+    if not _remember(session, mb, msg, obs, kind, match.rule, now=now,
+                     enrollment_id=found[0].id):
+        return None
+    return found
+
+
 def _apply_reply(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Observed,
                  now: datetime) -> bool:
     match = detect.match_reply(obs, _sent_emails(session, mb, obs))
-    if match is None:
-        return False
-    found = _enrollment(session, match.target)
+    found = _matched_enrollment(session, mb, msg, obs, match, MatchKind.REPLY, now)
     if found is None:
         return False
     enrollment, campaign, contact = found
-    if not _remember(session, mb, msg, obs, MatchKind.REPLY, match.rule, now=now,
-                     enrollment_id=enrollment.id):
-        return False
     action = OnReply(campaign.on_reply)
     record(session, org_id=mb.org_id, owner_id=mb.owner_id, kind=EventKind.REPLY_RECEIVED,
            summary=f"{contact_name(contact)} replied — {campaign.name}"[:500],
@@ -424,15 +437,10 @@ def _apply_bounce(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Obse
     assert obs.bounce is not None
     match = detect.match_bounce(obs.bounce,
                                 _sent_emails(session, mb, obs, obs.bounce.recipients))
-    if match is None:
-        return False
-    found = _enrollment(session, match.target)
+    found = _matched_enrollment(session, mb, msg, obs, match, MatchKind.BOUNCE, now)
     if found is None:
         return False
     enrollment, campaign, contact = found
-    if not _remember(session, mb, msg, obs, MatchKind.BOUNCE, match.rule, now=now,
-                     enrollment_id=enrollment.id):
-        return False
     action = OnBounce(campaign.on_bounce)
     why = " ".join(p for p in (obs.bounce.status, obs.bounce.diagnostic) if p)[:300]
     record(session, org_id=mb.org_id, owner_id=mb.owner_id, kind=EventKind.BOUNCE_RECEIVED,
