@@ -29,6 +29,42 @@ from server.migrations import upgrade
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 
+#: ``RELAY_TEST_NOW=<ISO moment>`` moves this process's clock to that moment for the whole
+#: run (it keeps ticking from there): ``.ci/run`` runs the time-related tests at a European
+#: daylight-saving night, at the last minute of a year and more than a year ahead, to show
+#: that no test builds its expectations from the real date. time-machine moves what Python
+#: reads (``datetime.now``, ``time.time``…); Debian's libfaketime was tried first and hangs
+#: or fails Python's ``time.sleep`` (``clock_nanosleep`` with an absolute monotonic time).
+MOVED_NOW = os.environ.get("RELAY_TEST_NOW")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Move the process clock when ``RELAY_TEST_NOW`` asks for it."""
+    if MOVED_NOW:
+        import time_machine
+
+        moment = datetime.fromisoformat(MOVED_NOW)
+        if moment.tzinfo is None:
+            raise pytest.UsageError("RELAY_TEST_NOW needs a UTC offset, e.g. +00:00")
+        traveller = time_machine.travel(moment, tick=True)
+        traveller.start()
+        config.stash[_TRAVELLER] = traveller
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say when the clock is moved, so a failure is read against the right date."""
+    return f"process clock moved to {MOVED_NOW} (RELAY_TEST_NOW)" if MOVED_NOW else None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put the clock back."""
+    traveller = config.stash.get(_TRAVELLER, None)
+    if traveller is not None:
+        traveller.stop()
+
+
+_TRAVELLER = pytest.StashKey[Any]()
+
 
 @pytest.fixture(scope="session")
 def _migrated(tmp_path_factory: pytest.TempPathFactory) -> str:

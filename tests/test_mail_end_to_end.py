@@ -135,10 +135,12 @@ def test_automatic_follow_up_leaves_through_gmail_in_its_thread(mail_app, sessio
     http = HttpMockSequence([
         ok({"id": "r-1", "message": {"id": "m-1", "threadId": "t-1"}}),
         ok({"id": "m-1", "threadId": "t-1", "labelIds": ["SENT"]}),
+        ok({"emailAddress": "rep@a.test", "historyId": "500"}),  # the sync's first pass
         ok({"id": "r-2", "message": {"id": "m-2", "threadId": "t-1"}}),
         ok({"id": "m-2", "threadId": "t-1", "labelIds": ["SENT"]}),
-        ok({"emailAddress": "rep@a.test", "historyId": "500"}),  # the sync's first pass
     ])
+    # One sync in the test's two passes (a day apart): the second pass sends only.
+    mail_app.config["MAIL_SYNC_SECONDS"] = 7 * 24 * 3600.0
     mbx.connect(session, org_id=world.org.id, owner_id=world.rep.id, provider=Provider.GOOGLE,
                 email="rep@a.test", display_name="Rita Rep", settings={},
                 secret={"refresh_token": "1//r"}, keyring=KeyRing.parse(f"k1:{KEY}"), now=now)
@@ -153,13 +155,15 @@ def test_automatic_follow_up_leaves_through_gmail_in_its_thread(mail_app, sessio
     assert (first.provider_message_id, first.thread_id) == ("m-1", "t-1")
     calls = [(method, uri.split("?")[0].rsplit("/users/me/", 1)[1])
              for uri, method, _body, _headers in http.request_sequence]
-    # Both emails leave in the first pass (the follow-up falls due as soon as the first left,
-    # launch day counting as day 1); the mailbox sync then records where the mailbox is.
-    assert calls == [("POST", "drafts"), ("POST", "drafts/send"), ("POST", "drafts"),
-                     ("POST", "drafts/send"), ("GET", "profile")]
-    follow = json.loads(http.request_sequence[2][2])
+    # The first email leaves on DAY1, a day after its due date, so the follow-up slides by a
+    # day too (T7, `slide`) and leaves in the second pass; the mailbox sync of the first pass
+    # records where the mailbox is.
+    assert calls == [("POST", "drafts"), ("POST", "drafts/send"), ("GET", "profile"),
+                     ("POST", "drafts"), ("POST", "drafts/send")]
+    assert (first.sent_at, second.sent_at) == (DAY1, DAY2)
+    follow = json.loads(http.request_sequence[3][2])
     assert follow["message"]["threadId"] == "t-1"
     raw = BytesParser(policy=default).parsebytes(
         base64.urlsafe_b64decode(follow["message"]["raw"]))
     assert raw["In-Reply-To"] == first.message_id
-    assert json.loads(http.request_sequence[3][2]) == {"id": "r-2"}
+    assert json.loads(http.request_sequence[4][2]) == {"id": "r-2"}

@@ -824,13 +824,15 @@ class Dispatcher:
         with self._tx() as s:
             kept = fenced_update_many(s, SS, [
                 (job.held.claim, {**_sent_values(job.row, job.message.message_id, sent,
-                                                 job.draft, sent.sent_at or now, now),
+                                                 job.draft, now, now),
                                   "lease_token": None, "lease_expires_at": None})
                 for job, sent in done], now=now)
             events: list[dict[str, Any]] = []
-            for job, sent in done:
+            for job, _sent in done:
                 row = job.row
-                sent_at = sent.sent_at or now
+                # The dispatcher's clock dates a send it made itself (the transport's own
+                # reading is the same wall clock in production, but not the pass's moment).
+                sent_at = now
                 if row.id not in kept:
                     log.warning("send %d: lease lost before recording it sent; "
                                 "reconciliation will", row.id)

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -87,7 +88,18 @@ def test_a_wrong_pkce_verifier_does_not_connect(sf_app: Flask, world: World, ses
 def test_jwt_bearer_connects_an_integration_user(sf_app: Flask, world: World,
                                                  session: Session, fake_sf: FakeSalesforce,
                                                  tmp_path: Path, now: datetime):
-    """Does the JWT bearer flow connect, and refresh by a new assertion when it expires?"""
+    """Does the JWT bearer flow connect, and refresh by a new assertion when it expires?
+
+    The whole test runs at the fixed moment ``now`` (the page signs its assertion on the
+    process clock, the refresh on ``now``; the fake Salesforce checks ``exp`` on the process
+    clock), so it passes on any date.
+    """
+    with time_machine.travel(now, tick=False):
+        _jwt_bearer_connects(sf_app, world, session, fake_sf, tmp_path, now)
+
+
+def _jwt_bearer_connects(sf_app: Flask, world: World, session: Session, fake_sf: FakeSalesforce,
+                         tmp_path: Path, now: datetime) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
