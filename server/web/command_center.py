@@ -135,7 +135,7 @@ def failed_explanation(row: Any, viewer: User) -> str:
         return (f"We cannot tell whether the email to {who}{whose} left (we stopped trying "
                 f"on {when}): {reason}. If it reached {who}, choose “It was sent” and {moves}; "
                 "if not, “Send it again” sends it as a new email.")
-    return (f"The email to {who}{whose} was not sent; it stopped on {when}: {reason}. Once "
+    return (f"The email to {who}{whose} was not sent (it stopped on {when}): {reason}. Once "
             "that is fixed, “Send it again” sends it as a new email.")
 
 
