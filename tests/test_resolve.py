@@ -300,6 +300,35 @@ def test_it_was_sent_completes_a_task_email(
     assert done.message_id == row.message_id and row.resolved_by_id == world.admin.id
 
 
+def test_no_second_send_when_the_task_email_was_scheduled_again_by_hand(
+        app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
+        fake: FakeTransport):
+    """If the rep already rescheduled the task's email from compose, is "resend" refused?"""
+    tpl = Template(org_id=world.org.id, created_by_id=world.rep.id, name="T",
+                   subject="Hello", body_html="<p>x</p>")
+    session.add(tpl)
+    session.flush()
+    campaign = make_campaign(session, world.rep, [email_step(1, SendOption.TASK, tpl)])
+    contact = make_contact(session, world.rep, "grace@example.com", first_name="Grace")
+    from server.campaigns.launch import launch
+
+    launch(session, world.rep, campaign, [contact.id], now=now)
+    session.commit()
+    task = session.scalar(select(Task).where(Task.contact_id == contact.id))
+    assert task is not None
+    send = outbox.schedule_task_email(session, world.rep, task.id, subject="Hello Grace",
+                                      html="<p>We met.</p>", send_at=now, now=now)
+    session.commit()
+    to_needs_attention(app, fake, clock)
+    outbox.schedule_task_email(session, world.rep, task.id, subject="Hello again",
+                               html="<p>We met.</p>", send_at=clock.now(), now=clock.now())
+    session.commit()
+    with pytest.raises(Conflict, match="already scheduled again"):
+        resolve_now(app, world.rep, send.id, "resend", clock.now())
+    assert [r.status for r in rows(session)] == [SendStatus.NEEDS_ATTENTION,
+                                                 SendStatus.SCHEDULED]
+
+
 def test_no_resend_to_someone_who_left_the_campaign_X1(
         app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
         fake: FakeTransport):

@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from server.accounts.models import Role, User
 from server.api.errors import FieldError
 from server.campaigns.models import Enrollment, EnrollmentStatus, EnrollmentStep, StepStatus
 from server.campaigns.progress import contact_name
+from server.compose import outbox
 from server.contacts.models import Contact
 from server.errors import Conflict, Invalid
 from server.feed.models import EventKind
@@ -117,6 +118,11 @@ def _check_resendable(session: Session, send: ScheduledSend) -> None:
         if task is None or task.status is not TaskStatus.OPEN:
             state = task.status.value if task is not None else "deleted"
             raise Conflict(f"the task is {state}; the email is not sent again")
+        # The rep may have scheduled the task's email again from its compose window meanwhile.
+        if session.scalar(select(SS.id).where(SS.task_id == send.task_id,
+                                              SS.status.in_(outbox.ACTIVE))) is not None:
+            raise Conflict("the task's email is already scheduled again; it is not sent a "
+                           "second time")
 
 
 def resolve_send(session: Session, user: User, send_id: int, outcome: Choice,

@@ -129,7 +129,8 @@ def failed_explanation(row: Any, viewer: User) -> str:
     when = localtime(row.updated_at, viewer.timezone)
     whose = "" if row.owner_id == viewer.id else f" (sent from {row.owner_name}'s mailbox)"
     moves = ("the campaign moves on" if row.campaign_id is not None and row.task_id is None
-             else "the task is completed" if row.task_id is not None else "it is recorded")
+             else "the task is completed" if row.task_id is not None
+             else "it is recorded as sent")
     reason = _plain_reason(row.reason)
     if row.status is SendStatus.NEEDS_ATTENTION:
         return (f"We cannot tell whether the email to {who}{whose} left (we stopped trying "
