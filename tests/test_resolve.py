@@ -272,6 +272,33 @@ def test_a_failed_email_can_be_sent_again_but_not_marked_sent(
     assert (listed, total) == ([], 0)
 
 
+def test_a_campaign_email_failed_on_a_missing_field_goes_out_once_it_is_filled_E5_T5(
+        app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
+        fake: FakeTransport):
+    """After the missing field (E5) is filled in, does "send it again" render and send it?"""
+    tpl = Template(org_id=world.org.id, created_by_id=world.rep.id, name="Needs",
+                   subject="Hi", body_html="<p>Your plan: {{custom_field_plan}}</p>")
+    session.add(tpl)
+    session.flush()
+    campaign = make_campaign(session, world.rep, [
+        email_step(1, SendOption.AT_TIME, tpl, send_time=now.time())])
+    contact = make_contact(session, world.rep, "nofield@example.com")
+    from server.campaigns.launch import launch
+
+    launch(session, world.rep, campaign, [contact.id], start_at=now, now=now)
+    session.commit()
+    assert make_dispatcher(app, fake, clock).run_once().failed == 1
+    [old] = rows(session)
+    assert old.status is SendStatus.FAILED and "custom_field_plan" in (old.reason or "")
+    contact.custom_fields = {"plan": "Pro"}
+    session.commit()
+    resolve_now(app, world.rep, old.id, "resend", clock.now())
+    assert make_dispatcher(app, fake, clock).run_once().sent == 1
+    old, new = rows(session)
+    assert new.status is SendStatus.SENT and "Your plan: Pro" in (new.html or "")
+    assert [s.status for s in step_rows(session)] == [StepStatus.DONE]  # T5: the last step
+
+
 def test_it_was_sent_completes_a_task_email(
         app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
         fake: FakeTransport):
