@@ -54,6 +54,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(outbox_views.bp)
 
     from server.mail import connect_views as mailbox_views
+    from server.mail import send_views
+
+    app.register_blueprint(send_views.bp)
 
     app.register_blueprint(mailbox_views.bp)
     app.register_blueprint(mailbox_views.callback_bp)

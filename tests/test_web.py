@@ -201,7 +201,8 @@ def test_command_center_tabs(client: FlaskClient, session: Session, world: World
     assert "Broken one" not in text
 
     text = client.get("/?tab=failed").get_data(as_text=True)
-    assert "Broken one" in text and "failed: missing field phone" in text
+    assert "Broken one" in text and "was not sent (it stopped on" in text
+    assert ": missing field phone." in text and "Send it again" in text
     assert "Hello Grace" not in text
 
     text = client.get("/?tab=tasks&type=call").get_data(as_text=True)

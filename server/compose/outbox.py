@@ -200,9 +200,15 @@ def scheduled_by_task(session: Session, user: User, task_ids: list[int]) -> dict
 
 
 def list_sends(session: Session, user: User, statuses: tuple[SendStatus, ...], *,
-               limit: int = 200) -> tuple[list[Row[Any]], int]:
-    """The rep's sends in ``statuses`` (soonest due first, failures newest first) and a total."""
-    cond = [ScheduledSend.owner_id == user.id, ScheduledSend.status.in_(statuses)]
+               limit: int = 200, org_wide: bool = False) -> tuple[list[Row[Any]], int]:
+    """The rep's sends in ``statuses`` (soonest due first, failures newest first) and a total.
+
+    ``org_wide`` lists every rep's sends of the user's org instead (an admin resolving failed
+    emails); each row names its owner.
+    """
+    whose = (ScheduledSend.org_id == user.org_id if org_wide
+             else ScheduledSend.owner_id == user.id)
+    cond = [whose, ScheduledSend.status.in_(statuses)]
     total = session.scalar(select(func.count()).select_from(ScheduledSend).where(*cond)) or 0
     failed = set(statuses) <= set(FAILED)
     order = ((ScheduledSend.updated_at.desc(), ScheduledSend.id.desc()) if failed
@@ -210,9 +216,12 @@ def list_sends(session: Session, user: User, statuses: tuple[SendStatus, ...], *
     rows = session.execute(
         select(ScheduledSend.id, ScheduledSend.task_id, ScheduledSend.status,
                ScheduledSend.due_at, ScheduledSend.to_email, ScheduledSend.subject,
-               ScheduledSend.reason, ScheduledSend.updated_at,
+               ScheduledSend.reason, ScheduledSend.updated_at, ScheduledSend.owner_id,
+               ScheduledSend.campaign_id, ScheduledSend.contact_id,
+               User.name.label("owner_name"),
                Campaign.name.label("campaign_name"), Contact.first_name, Contact.last_name)
         .outerjoin(Campaign, Campaign.id == ScheduledSend.campaign_id)
+        .join(User, User.id == ScheduledSend.owner_id)
         .join(Contact, Contact.id == ScheduledSend.contact_id)
         .where(*cond).order_by(*order).limit(limit)
     ).all()

@@ -23,6 +23,8 @@ class EventKind(enum.StrEnum):
     SEND_SCHEDULED = "send.scheduled"
     SEND_SENT = "send.sent"
     SEND_FAILED = "send.failed"
+    #: A person resolved an email that needed attention or failed (sent, or sent again).
+    SEND_RESOLVED = "send.resolved"
     PERSON_ADDED = "person.added"
     PERSON_REMOVED = "person.removed"
     REPLY_RECEIVED = "reply.received"

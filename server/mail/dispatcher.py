@@ -870,19 +870,8 @@ class Dispatcher:
 
     def _after_sent(self, s: Session, row: ScheduledSend, sent_at: datetime, message_id: str,
                     now: datetime) -> None:
-        """What a sent email causes, in the transaction that records it."""
-        if row.enrollment_step_id is not None:
-            send_finished(s, row.id, now)
-            return
-        record_many(s, [_sent_event(row, sent_at)])
-        if row.task_id is not None:
-            from server.tasks.service import complete_task
-
-            task = s.get(Task, row.task_id, populate_existing=True)
-            user = s.get(User, row.owner_id)
-            if task is not None and user is not None and task.status is TaskStatus.OPEN:
-                complete_task(s, user, row.task_id, now=now, sent_at=sent_at,
-                              message_id=message_id, via=CompletedVia.WEB)
+        """What a sent email causes, in the transaction that records it (:func:`after_sent`)."""
+        after_sent(s, row, sent_at, message_id, now)
 
     # -- failures ------------------------------------------------------------------------
 
@@ -1044,6 +1033,29 @@ def _sent_event(row: ScheduledSend, sent_at: datetime) -> dict[str, Any]:
             "data": {"send_id": row.id, "task_id": row.task_id,
                      "campaign_id": row.campaign_id, "contact_id": row.contact_id,
                      "sent_at": sent_at.isoformat()}}
+
+
+def after_sent(s: Session, row: ScheduledSend, sent_at: datetime, message_id: str,
+               now: datetime) -> None:
+    """What a sent email causes, in the transaction that records it ``sent``.
+
+    A campaign email moves its person on (:func:`server.campaigns.progress.send_finished`,
+    which records the Live Feed event); any other email gets its ``send.sent`` event, and a
+    task email completes its task if it is still open. Also used when a person confirms that
+    an email whose outcome was unknown did leave (:mod:`server.mail.resolve`).
+    """
+    if row.enrollment_step_id is not None:
+        send_finished(s, row.id, now)
+        return
+    record_many(s, [_sent_event(row, sent_at)])
+    if row.task_id is not None:
+        from server.tasks.service import complete_task
+
+        task = s.get(Task, row.task_id, populate_existing=True)
+        user = s.get(User, row.owner_id)
+        if task is not None and user is not None and task.status is TaskStatus.OPEN:
+            complete_task(s, user, row.task_id, now=now, sent_at=sent_at,
+                          message_id=message_id, via=CompletedVia.WEB)
 
 
 def _failed_event(s: Session, row: ScheduledSend, reason: str, status: SendStatus) -> None:

@@ -25,6 +25,18 @@ class SendStatus(enum.StrEnum):
     FAILED = "failed"
     NEEDS_ATTENTION = "needs_attention"
     CANCELLED = "cancelled"
+    #: A person chose to send the email again: this row stays as the record, a new row (its
+    #: ``resend_of_id`` names this one) carries the email (server/mail/resolve.py).
+    RESENT = "resent"
+
+
+class Resolution(enum.StrEnum):
+    """How a person resolved an email that needed attention or failed."""
+
+    #: "It was sent": the rep found that the email had left; it is recorded as sent.
+    SENT = "sent"
+    #: "Send it again": a new send (a new Message-ID) replaces this one.
+    RESENT = "resent"
 
 
 SEND_TRANSITIONS: dict[SendStatus, frozenset[SendStatus]] = {
@@ -46,6 +58,10 @@ SEND_TRANSITIONS: dict[SendStatus, frozenset[SendStatus]] = {
     # -> needs_attention (never guessed).
     SendStatus.UNCERTAIN: frozenset({SendStatus.SENT, SendStatus.SCHEDULED, SendStatus.FAILED,
                                      SendStatus.NEEDS_ATTENTION}),
+    # Only a person leaves these (server/mail/resolve.py): "it was sent" or "send it again".
+    # A failed email is known not to have left, so it can only be sent again.
+    SendStatus.NEEDS_ATTENTION: frozenset({SendStatus.SENT, SendStatus.RESENT}),
+    SendStatus.FAILED: frozenset({SendStatus.RESENT}),
 }
 
 
@@ -94,6 +110,15 @@ class ScheduledSend(Leased, Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(255), default=None)
     thread_id: Mapped[str | None] = mapped_column(String(255), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # A person's resolution of an email that needed attention or failed (server/mail/resolve.py).
+    resolution: Mapped[Resolution | None] = mapped_column(enum_column(Resolution, 16),
+                                                          default=None)
+    resolved_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("user.id", ondelete="SET NULL"), default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: The send this one repeats ("send it again"); None for every first attempt.
+    resend_of_id: Mapped[int | None] = mapped_column(
+        ForeignKey("scheduled_send.id", ondelete="SET NULL"), default=None, index=True)
 
 
 class MailboxPace(Base):

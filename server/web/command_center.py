@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import redirect, request, url_for
+from flask import flash, redirect, request, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,10 +15,13 @@ from server.accounts.models import Role, User
 from server.campaigns.spec import StepType
 from server.compose import outbox
 from server.db import get_session, utcnow
+from server.errors import Conflict, Invalid
 from server.feed.models import EventKind, FeedEvent
 from server.feed.service import latest_cursor
+from server.mail import resolve
+from server.mail.models import SendStatus
 from server.tasks.service import Due, TaskFilter, list_tasks
-from server.web.views import bp, page, signed_in
+from server.web.views import bp, localtime, page, require_csrf, require_signed_in, signed_in
 
 TABS = ("tasks", "scheduled", "failed")
 #: How many tasks a due section shows; the heading gives the full count.
@@ -82,8 +86,12 @@ def home() -> Any:
     scheduled, n_scheduled = outbox.list_sends(session, user, outbox.ACTIVE,
                                                limit=200 if tab == "scheduled" else 0)
     failed, n_failed = outbox.list_sends(session, user, outbox.FAILED,
-                                         limit=200 if tab == "failed" else 0)
+                                         limit=200 if tab == "failed" else 0,
+                                         org_wide=user.role is Role.ADMIN)
     sends = scheduled if tab == "scheduled" else failed
+    if tab == "failed":
+        sends = [{"row": r, "explanation": failed_explanation(r, user),
+                  "outcomes": resolve.choices(r.status)} for r in failed]
     _, n_tasks = list_tasks(session, user, TaskFilter(due=Due.OVERDUE, per_page=1), now)
     _, n_week = list_tasks(session, user, TaskFilter(due=Due.NEXT7, per_page=1), now)
     events = _recent_events(session, user, FEED_RECENT)
@@ -96,3 +104,71 @@ def home() -> Any:
                         "failed": n_failed},
                 events=events, cursor=cursor, event_kinds=[k.value for k in EventKind],
                 mailbox_connected=connected)
+
+
+#: A rule code in parentheses, "(E5)" or "(T4, T7)": never shown on a page.
+_RULE_CODES = re.compile(r"\s*\((?:[A-Z]\d{1,2}(?:,\s*)?)+\)")
+
+
+def _plain_reason(reason: str | None) -> str:
+    """The recorded reason as a clause: its state prefix and any rule codes taken off."""
+    text = (reason or "").strip()
+    for prefix in ("needs attention:", "failed:"):
+        if text.lower().startswith(prefix):
+            text = text[len(prefix):].strip()
+    text = _RULE_CODES.sub("", text).rstrip(". ")
+    return text or "no reason was recorded"
+
+
+def failed_explanation(row: Any, viewer: User) -> str:
+    """What happened to a failed or unknown email, and what each button does, in plain words.
+
+    Moments are in the viewer's time zone, in the page's one format (``localtime``).
+    """
+    who = f"{row.first_name or ''} {row.last_name or ''}".strip() or row.to_email
+    when = localtime(row.updated_at, viewer.timezone)
+    whose = "" if row.owner_id == viewer.id else f" (sent from {row.owner_name}'s mailbox)"
+    moves = ("the campaign moves on" if row.campaign_id is not None and row.task_id is None
+             else "the task is completed" if row.task_id is not None
+             else "it is recorded as sent")
+    reason = _plain_reason(row.reason)
+    if row.status is SendStatus.NEEDS_ATTENTION:
+        return (f"We cannot tell whether the email to {who}{whose} left (we stopped trying "
+                f"on {when}): {reason}. If it reached {who}, choose “It was sent” and {moves}; "
+                "if not, “Send it again” sends it as a new email.")
+    return (f"The email to {who}{whose} was not sent (it stopped on {when}): {reason}. Once "
+            "that is fixed, “Send it again” sends it as a new email.")
+
+
+_OUTCOME_WORDS = {"sent": "Marked as sent", "resend": "Sending it again"}
+
+
+@bp.post("/sends/<int:send_id>/resolve")
+def resolve_failed(send_id: int) -> Any:
+    """The Failed tab's buttons: "It was sent" or "Send it again" (then back to the tab)."""
+    user = require_signed_in()
+    require_csrf()
+    outcome = request.form.get("outcome", "")
+    back = redirect(url_for("web.home", tab="failed"))
+    if outcome not in ("sent", "resend"):
+        flash("Choose “It was sent” or “Send it again”.")
+        return back
+    session = get_session()
+    try:
+        done = resolve.resolve_send(session, user, send_id, outcome,  # type: ignore[arg-type]
+                                    utcnow())
+    except resolve.SendNotFound:
+        session.rollback()
+        flash("That email is not in your Failed list any more.")
+        return back
+    except (Conflict, Invalid) as exc:
+        session.rollback()
+        flash(f"Nothing was changed: {exc}.")
+        return back
+    session.commit()
+    who = done.send.to_email
+    if done.resend is not None:
+        flash(f"{_OUTCOME_WORDS[outcome]}: the email to {who} is queued to be sent now.")
+    else:
+        flash(f"{_OUTCOME_WORDS[outcome]}: the email to {who} is recorded as sent.")
+    return back
