@@ -45,10 +45,13 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     import ipaddress
 
-    now = datetime.now(UTC)
+    # A fixed, wide validity: OpenSSL checks it against the operating system's clock, which
+    # need not be the process clock a test moved (RELAY_TEST_NOW) or froze; the key is made
+    # anew for each fake and trusted only by the tests that start it.
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
+            .not_valid_before(datetime(2000, 1, 1, tzinfo=UTC))
+            .not_valid_after(datetime(2099, 12, 31, tzinfo=UTC))
             .add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

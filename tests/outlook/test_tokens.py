@@ -12,6 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
+import time_machine
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from flask.testing import FlaskClient
@@ -133,13 +134,16 @@ def test_a_valid_entra_token_of_a_linked_account_is_that_relay_user(
                          headers=bearer(token(keys, aud=uri))).json["id"] == world.rep.id
 
 
+#: The moment the time-dependent token cases are made and checked at.
+FIXED = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
 BAD = {
     "wrong audience": ({"aud": "22222222-2222-2222-2222-222222222222"}, "another audience"),
     "issuer of another tenant": (
         {"iss": f"https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"}, "issuer"),
     "v1 issuer": ({"iss": f"https://sts.windows.net/{TENANT}/"}, "issuer"),
-    "expired": ({"exp": int(datetime.now(UTC).timestamp()) - 120}, "expired"),
-    "not valid yet": ({"nbf": int(datetime.now(UTC).timestamp()) + 600}, "not valid yet"),
+    "expired": ({"exp": int(FIXED.timestamp()) - 120}, "expired"),
+    "not valid yet": ({"nbf": int(FIXED.timestamp()) + 600}, "not valid yet"),
     "missing scope": ({"scp": "User.Read Mail.Send"}, "lacks the scope"),
     "no scope claim": ({"scp": None}, "lacks the scope"),
     "no oid": ({"oid": None}, "oid"),
@@ -149,10 +153,14 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_a_bad_entra_token_is_a_401(ms_client: FlaskClient, session: Session, world: World,
                                     keys: dict[str, Any], case: str):
-    """Is a token with a wrong audience, issuer, time or scope refused with a reason?"""
+    """Is a token with a wrong audience, issuer, time or scope refused with a reason?
+
+    Made and checked at the fixed moment ``FIXED`` (however long the run takes).
+    """
     link(session, world)
     overrides, reason = BAD[case]
-    resp = ms_client.get("/api/outlook/me", headers=bearer(token(keys, **overrides)))
+    with time_machine.travel(FIXED, tick=False):
+        resp = ms_client.get("/api/outlook/me", headers=bearer(token(keys, **overrides)))
     assert resp.status_code == 401, resp.json
     assert reason in resp.json["message"]
 
