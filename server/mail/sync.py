@@ -600,12 +600,11 @@ def sync_mailboxes(app: Flask, now: datetime, *, resolver: Any = None) -> SyncRe
         if resolver is None:
             resolver = app.extensions["relay.mailbox_resolver"] = MailboxResolver(app)
     writes = app.extensions["relay.write_sessionmaker"]
-    with writes() as session:
-        ensure_sync_rows(session)
-        session.commit()
     done: set[int] = set()
     while True:
         with writes() as session:
+            if not done:
+                ensure_sync_rows(session)
             claims = claim_due_mailboxes(session, now, every, skip=done)
             session.commit()
         for held in claims:
