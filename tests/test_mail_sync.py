@@ -440,7 +440,9 @@ def test_two_workers_sync_each_mailbox_once(database_url, session, world):
                     email=owner.email, display_name="", settings={},
                     secret={"refresh_token": "r"}, keyring=RING, now=NOW)
     session.commit()
-    resolver = CountingResolver(delay=0.02)
+    # Each sync takes 0.2 s, so one worker alone would need 4 s before its third claim: the
+    # other, started at the same moment, certainly claims some in between.
+    resolver = CountingResolver(delay=0.2)
     start = threading.Barrier(2)
     results, failures = {}, []
 
