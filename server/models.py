@@ -8,7 +8,7 @@ from server.contacts.models import Contact
 from server.db import Base
 from server.feed.models import EventKind, FeedEvent
 from server.gmail.models import GmailReplyDraft
-from server.mail.mailboxes import Mailbox, MailboxCursor, MailMatch, OAuthState
+from server.mail.mailboxes import Mailbox, MailboxCursor, MailboxSync, MailMatch, OAuthState
 from server.mail.models import ScheduledSend, SendStatus
 from server.salesforce.models import SalesforceConnection, SyncItem
 from server.tasks.models import Task, TaskStatus
@@ -16,6 +16,7 @@ from server.tasks.models import Task, TaskStatus
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
     "EventKind", "FeedEvent", "GmailReplyDraft", "MailMatch", "Mailbox", "MailboxCursor",
+    "MailboxSync",
     "MicrosoftIdentity", "OAuthState", "Org", "Role", "SalesforceConnection", "ScheduledSend",
     "SendStatus", "SyncItem", "Task", "TaskSendReport", "TaskStatus", "Template", "User",
 ]

@@ -85,6 +85,7 @@ def test_imap_sync_detects_hand_sent_tasks_and_replies(session, world, now):
         sync_mailbox(session, mb, t, NOW, first)
         session.commit()
         assert first.messages == 0
+        assert state.commands.count("LOGIN") == 1  # both folders over one connection
         assert mbx.get_cursor(session, mb.id, "imap-sent") == "42:1"
         assert mbx.get_cursor(session, mb.id, "imap-inbox") == "42:0"
         state.folders["Sent"].add(load("sent_gmail_by_hand.eml"))
@@ -93,6 +94,7 @@ def test_imap_sync_detects_hand_sent_tasks_and_replies(session, world, now):
         sync_mailbox(session, mb, t, NOW, result)
         session.commit()
         assert (result.sent, result.replies) == (1, 1)
+        assert state.commands.count("LOGIN") == 2
         assert mbx.get_cursor(session, mb.id, "imap-sent") == "42:2"
         assert mbx.get_cursor(session, mb.id, "imap-inbox") == "42:1"
         again = SyncResult()  # nothing new: the n:* quirk returns the last UID, skipped
@@ -105,3 +107,77 @@ def test_imap_sync_detects_hand_sent_tasks_and_replies(session, world, now):
         EnrollmentStatus.REPLIED)
     rules = sorted(m.matched_by for m in session.scalars(select(MailMatch)))
     assert rules == ["in-reply-to", "recipient+subject"]
+
+
+def logins(state) -> int:
+    return state.commands.count("LOGIN")
+
+
+def test_a_group_of_emails_uses_one_imap_connection(app, session, world, now, smtp_port):
+    """Do drafts, filing in Sent and reconciliation share one IMAP login per group?
+
+    Before, each email opened two IMAP connections (its draft, then filing it in Sent) and
+    each reconciliation one more.
+    """
+    from cryptography.fernet import Fernet
+    from sqlalchemy import update
+
+    from server.crypto import KeyRing
+    from server.mail.dispatcher import Dispatcher
+    from server.mail.fake import ManualClock
+    from server.mail.models import ScheduledSend, SendStatus
+    from server.mail.providers import MailboxResolver
+    from tests.test_dispatch import plain_sends, rows, settings
+
+    key = Fernet.generate_key().decode()
+    app.config["ENCRYPTION_KEYS"] = f"k1:{key}"
+    port, sink = smtp_port
+    with fake_imap() as (imap_port, state):
+        mbx.connect(session, org_id=world.org.id, owner_id=world.rep.id,
+                    provider=Provider.SMTP, email="rep@a.test", display_name="Rita",
+                    settings={"smtp_host": "127.0.0.1", "smtp_port": port,
+                              "smtp_security": "none", "smtp_username": "rita",
+                              "imap_host": "127.0.0.1", "imap_port": imap_port,
+                              "imap_security": "none"},
+                    secret={"password": "right-password"}, keyring=KeyRing.parse(f"k1:{key}"),
+                    now=now)
+        session.commit()
+        plain_sends(session, world.rep, now, 6)
+        dispatcher = Dispatcher(app.extensions["relay.write_sessionmaker"],
+                                MailboxResolver(app, clock=lambda: now),
+                                settings=settings(group=3), clock=ManualClock(now),
+                                draw=lambda: 0.5)
+        assert dispatcher.run_once().sent == 6
+        assert len(sink.received) == 6
+        assert logins(state) == 2  # two groups of three emails
+        assert len(state.folders["Sent"].messages) == 6
+        assert state.folders["Drafts"].messages == {}  # each draft dropped once sent
+        assert state.commands.count("APPEND") == 12 and state.commands.count("LOGOUT") == 2
+        # Their answers were lost after all: reconciliation finds each one in Sent.
+        session.execute(update(ScheduledSend).values(status=SendStatus.UNCERTAIN,
+                                                     lease_token=None, lease_expires_at=None))
+        session.commit()
+        assert dispatcher.run_once().sent == 6
+        assert logins(state) == 4 and state.commands.count("LOGOUT") == 4
+        assert [r.status for r in rows(session)] == [SendStatus.SENT] * 6
+        assert len(sink.received) == 6  # found, not sent again
+
+
+def test_a_dropped_imap_connection_is_not_used_again_in_its_group(smtp_port):
+    """After an IMAP error inside a scope, does the next use log in afresh?"""
+    from server.mail.providers.smtp import imap_scope
+
+    port, _ = smtp_port
+    with fake_imap() as (imap_port, state):
+        t = transport(port, imap_port)
+        with imap_scope():
+            assert t.reconcile(message(send_id=41), None).outcome is Outcome.UNKNOWN
+            with pytest.raises(OSError), t.imap("Sent") as (imap, _ok):
+                imap.shutdown()  # the connection dies under us
+                raise OSError("connection reset")
+            assert t.reconcile(message(send_id=42), None).outcome is Outcome.UNKNOWN
+            assert t.reconcile(message(send_id=43), None).outcome is Outcome.UNKNOWN
+        assert logins(state) == 2 and t.imap_connections_opened == 2
+        # Outside a scope each use has its own connection, as before.
+        t.reconcile(message(send_id=44), None)
+        assert logins(state) == 3

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time as real_time
+from contextlib import contextmanager
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
@@ -13,6 +16,8 @@ from googleapiclient.discovery import build
 from googleapiclient.http import HttpMockSequence
 from sqlalchemy import select
 
+from server import db
+from server.app import create_app
 from server.campaigns.launch import launch
 from server.campaigns.models import Enrollment, EnrollmentStatus, OnBounce, OnReply
 from server.campaigns.progress import send_finished
@@ -25,10 +30,17 @@ from server.mail.mailboxes import MailboxStatus, MailMatch, MatchKind, Provider
 from server.mail.models import ScheduledSend, SendStatus
 from server.mail.providers.gmail import GmailTransport
 from server.mail.providers.graph import GraphTransport
-from server.mail.sync import SyncResult, sync_mailbox, sync_mailboxes
-from server.mail.transport import ReauthRequired
+from server.mail.sync import SyncResult, sync_backoff, sync_mailbox, sync_mailboxes
+from server.mail.transport import ReauthRequired, TransientError
 from server.tasks.models import CompletedVia, Task, TaskStatus
-from tests.conftest import email_step, make_campaign, make_contact, make_template
+from tests.conftest import (
+    PG_URL,
+    email_step,
+    make_campaign,
+    make_contact,
+    make_template,
+    make_user,
+)
 from tests.fake_graph import fake_graph
 from tests.test_mail_detect import OUR_ID, load
 
@@ -263,22 +275,200 @@ class Resolver:
 def test_sync_mailboxes_pass_marks_refused_credentials_and_paces_itself(app, session, world):
     """Does the worker's pass mark invalid_grant as needs_reauth and wait MAIL_SYNC_SECONDS?"""
     mb = mailbox(session, world)
-    clock = [1000.0]
     t, _ = gmail([ok({"historyId": "5"})])
-    result = sync_mailboxes(app, NOW, resolver=Resolver(t), monotonic=lambda: clock[0])
+    result = sync_mailboxes(app, NOW, resolver=Resolver(t))
     assert result.mailboxes == 1 and not result.errors
-    again = sync_mailboxes(app, NOW, resolver=Resolver(error=AssertionError("not due")),
-                           monotonic=lambda: clock[0] + 10)
-    assert again.mailboxes == 0
-    clock[0] += 61
-    refused = sync_mailboxes(app, NOW, resolver=Resolver(error=ReauthRequired("invalid_grant")),
-                             monotonic=lambda: clock[0])
+    again = sync_mailboxes(app, NOW + timedelta(seconds=59),
+                           resolver=Resolver(error=AssertionError("not due")))
+    assert again == SyncResult()
+    refused = sync_mailboxes(app, NOW + timedelta(seconds=60),
+                             resolver=Resolver(error=ReauthRequired("invalid_grant")))
     assert refused.errors == [f"mailbox {mb.id}: invalid_grant"]
     session.rollback()
     assert session.get(mbx.Mailbox, mb.id, populate_existing=True).status is (
         MailboxStatus.NEEDS_REAUTH)
-    assert sync_mailboxes(app, NOW + timedelta(hours=1), resolver=Resolver(t),
-                          monotonic=lambda: clock[0] + 1000).mailboxes == 0
+    assert sync_mailboxes(app, NOW + timedelta(hours=1), resolver=Resolver(t)) == SyncResult()
+
+
+class CountingGmail:
+    """Stands in for a Gmail transport in the sync: records each call, may fail or dawdle."""
+
+    def __init__(self, log, mailbox_id, error=None, delay=0.0):
+        self.log, self.mailbox_id, self.error, self.delay = log, mailbox_id, error, delay
+
+    def _call(self, what):
+        self.log.append((self.mailbox_id, what, threading.current_thread().name))
+        if self.delay:
+            real_time.sleep(self.delay)  # only to let two workers overlap; no clock is read
+        if self.error is not None:
+            raise self.error
+
+    def profile_history_id(self):
+        self._call("profile")
+        return "5"
+
+    def history(self, cursor):
+        self._call("history")
+        return []
+
+
+class CountingResolver:
+    """One CountingGmail per mailbox, all writing to one shared call log."""
+
+    def __init__(self, error=None, delay=0.0):
+        self.log, self.error, self.delay = [], error, delay
+
+    def build(self, mb):
+        return CountingGmail(self.log, mb.id, self.error, self.delay)
+
+
+@contextmanager
+def worker_app(database_url, **config):
+    """A separate app on the same database: another worker process, or one restarted."""
+    other = create_app({"TESTING": True, "DATABASE_URL": database_url,
+                        "SECRET_KEY": "test-secret", **config})
+    try:
+        yield other
+    finally:
+        db.dispose(other)
+
+
+def sync_state(session, mailbox_id):
+    state = session.get(mbx.MailboxSync, mailbox_id, populate_existing=True)
+    session.commit()
+    return state
+
+
+def test_a_restarted_worker_does_not_sync_again_before_the_period(database_url, session, world):
+    """Is the cadence in the database: a fresh app at the same moment syncs nothing?"""
+    mb = mailbox(session, world)
+    resolver = CountingResolver()
+    with worker_app(database_url, MAIL_SYNC_SECONDS=60.0) as first:
+        assert sync_mailboxes(first, NOW, resolver=resolver).mailboxes == 1
+    assert [what for _, what, _ in resolver.log] == ["profile"]
+    state = sync_state(session, mb.id)
+    assert (state.next_sync_at, state.last_synced_at, state.failures) == (
+        NOW + timedelta(seconds=60), NOW, 0)
+    assert state.lease_token is None
+    for moment in (NOW, NOW + timedelta(seconds=59)):
+        with worker_app(database_url, MAIL_SYNC_SECONDS=60.0) as restarted:
+            assert sync_mailboxes(restarted, moment, resolver=resolver) == SyncResult()
+    assert len(resolver.log) == 1
+    with worker_app(database_url, MAIL_SYNC_SECONDS=60.0) as restarted:
+        assert sync_mailboxes(restarted, NOW + timedelta(seconds=60),
+                              resolver=resolver).mailboxes == 1
+    assert [what for _, what, _ in resolver.log] == ["profile", "history"]
+    assert sync_state(session, mb.id).next_sync_at == NOW + timedelta(seconds=120)
+
+
+def test_a_failing_mailbox_is_retried_after_a_growing_backoff(app, session, world):
+    """Is a failed sync recorded and tried again only after 2, then 4 periods, then reset?"""
+    mb = mailbox(session, world)
+    failing = CountingResolver(error=TransientError("Gmail 503 backend error"))
+    result = sync_mailboxes(app, NOW, resolver=failing)
+    assert result.errors == [f"mailbox {mb.id}: Gmail 503 backend error"]
+    state = sync_state(session, mb.id)
+    assert (state.failures, state.next_sync_at) == (1, NOW + timedelta(seconds=120))
+    assert state.last_error == "Gmail 503 backend error" and state.lease_token is None
+    for seconds in (0, 60, 119):  # not hammered on every pass
+        assert sync_mailboxes(app, NOW + timedelta(seconds=seconds),
+                              resolver=failing) == SyncResult()
+    assert len(failing.log) == 1
+    sync_mailboxes(app, NOW + timedelta(seconds=120), resolver=failing)
+    state = sync_state(session, mb.id)
+    assert (state.failures, state.next_sync_at) == (2, NOW + timedelta(seconds=120 + 240))
+    assert sync_mailboxes(app, NOW + timedelta(seconds=359), resolver=failing) == SyncResult()
+    assert len(failing.log) == 2
+    working = CountingResolver()
+    assert sync_mailboxes(app, NOW + timedelta(seconds=360), resolver=working).mailboxes == 1
+    state = sync_state(session, mb.id)
+    assert (state.failures, state.last_error) == (0, None)
+    assert state.next_sync_at == NOW + timedelta(seconds=420)
+
+
+def test_sync_backoff_doubles_from_the_period_up_to_an_hour():
+    """Does the wait double per failure from MAIL_SYNC_SECONDS, capped at an hour?"""
+    assert [sync_backoff(60, n).total_seconds() for n in range(1, 8)] == [
+        120, 240, 480, 960, 1920, 3600, 3600]
+    assert sync_backoff(7200, 3) == timedelta(hours=2)  # never less than one period
+    assert sync_backoff(60, 10_000) == timedelta(hours=1)
+
+
+def test_a_reconnect_clears_the_sync_backoff(app, session, world):
+    """After new credentials, is the mailbox synced at the next pass (no backoff left)?"""
+    mb = mailbox(session, world)
+    sync_mailboxes(app, NOW, resolver=CountingResolver(error=TransientError("down")))
+    assert sync_state(session, mb.id).failures == 1
+    mailbox(session, world)  # the rep connects it again
+    assert sync_mailboxes(app, NOW + timedelta(seconds=1),
+                          resolver=CountingResolver()).mailboxes == 1
+
+
+def test_a_worker_that_lost_its_mailbox_applies_nothing(app, session, world, now):
+    """A worker stalled past its lease: is its late batch dropped, the new holder's kept?"""
+    from server.mail.sync import SYNC_LEASE, _sync_claimed, claim_due_mailboxes, ensure_sync_rows
+
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    writes = app.extensions["relay.write_sessionmaker"]
+    with writes() as s:
+        ensure_sync_rows(s)
+        [stalled] = claim_due_mailboxes(s, NOW, 60.0)
+        s.commit()
+    later = NOW + SYNC_LEASE
+    t, _ = gmail([ok({"history": [], "historyId": "300"})])
+    assert sync_mailboxes(app, later, resolver=Resolver(t)).mailboxes == 1
+    assert mbx.get_cursor(session, mb.id, "history") == "300"
+    session.commit()
+    late, _ = gmail([ok({"history": [], "historyId": "200"})])
+    result = SyncResult()
+    _sync_claimed(app, stalled, NOW, 60.0, Resolver(late), result)
+    assert result == SyncResult()
+    assert mbx.get_cursor(session, mb.id, "history") == "300"
+    session.commit()
+    assert sync_state(session, mb.id).next_sync_at == later + timedelta(seconds=60)
+
+
+@pytest.mark.skipif(not PG_URL, reason="several workers need PostgreSQL (SQLite runs one)")
+def test_two_workers_sync_each_mailbox_once(database_url, session, world):
+    """With two workers passing at the same moment, is each mailbox synced exactly once?"""
+    owners = [world.rep, world.rep2, world.admin] + [
+        make_user(session, world.org, f"sync{i}@a.test") for i in range(21)]
+    for owner in owners:
+        mbx.connect(session, org_id=world.org.id, owner_id=owner.id, provider=Provider.GOOGLE,
+                    email=owner.email, display_name="", settings={},
+                    secret={"refresh_token": "r"}, keyring=RING, now=NOW)
+    session.commit()
+    # Each sync takes 0.2 s, so one worker alone would need 4 s before its third claim: the
+    # other, started at the same moment, certainly claims some in between.
+    resolver = CountingResolver(delay=0.2)
+    start = threading.Barrier(2)
+    results, failures = {}, []
+
+    def work(name):
+        try:
+            with worker_app(database_url, MAIL_SYNC_SECONDS=60.0) as other:
+                start.wait(timeout=30)
+                results[name] = sync_mailboxes(other, NOW, resolver=resolver)
+        except Exception as exc:  # reported below, not lost in the thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,), name=n) for n in ("w1", "w2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures and set(results) == {"w1", "w2"}
+    synced = sorted(mailbox_id for mailbox_id, _, _ in resolver.log)
+    assert len(synced) == len(owners) and len(set(synced)) == len(owners)
+    assert sum(r.mailboxes for r in results.values()) == len(owners)
+    assert {thread for _, _, thread in resolver.log} == {"w1", "w2"}
+    # Both again, a moment later: nothing is due for either.
+    with worker_app(database_url) as a, worker_app(database_url) as b:
+        assert sync_mailboxes(a, NOW + timedelta(seconds=30), resolver=resolver) == SyncResult()
+        assert sync_mailboxes(b, NOW + timedelta(seconds=30), resolver=resolver) == SyncResult()
+    assert len(resolver.log) == len(owners)
 
 
 def test_follow_up_prefill_threads_after_an_automatic_email(app, session, world, now):

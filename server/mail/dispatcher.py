@@ -74,6 +74,7 @@ from server.mail.models import (
     ScheduledSend,
     SendStatus,
 )
+from server.mail.providers.smtp import imap_scope
 from server.mail.transport import (
     DailyLimitError,
     Draft,
@@ -391,7 +392,7 @@ class Dispatcher:
             self.crash("after_claim")
             size = max(self.settings.group, 1)
             for i in range(0, len(held), size):
-                for outcome in self.process_group(held[i:i + size]):
+                for outcome in self._process_group_scoped(held[i:i + size]):
                     result.add(outcome)
         return result
 
@@ -518,6 +519,15 @@ class Dispatcher:
     def process(self, held: _Held) -> str:
         """Move one claimed row as far as it can go now; returns the outcome's name."""
         return self.process_group([held])[0]
+
+    def _process_group_scoped(self, helds: list[_Held]) -> list[str]:
+        """:meth:`process_group` with one IMAP connection per SMTP+IMAP mailbox of the group.
+
+        Its drafts, filing in Sent and reconciliation lookups all go over that connection
+        (``imap_scope``), closed at the end of the group, instead of one or two per email.
+        """
+        with imap_scope():
+            return self.process_group(helds)
 
     def process_group(self, helds: list[_Held]) -> list[str]:
         """Move a group of claimed rows through the send protocol together.

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from server.crypto import KeyRing
 from server.db import Base, JSONType, enum_column, utcnow
+from server.outbox.leases import Leased
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,27 @@ class MailboxCursor(Base):
     folder: Mapped[str] = mapped_column(String(32))
     cursor: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class MailboxSync(Leased, Base):
+    """When a mailbox is next synced, and which worker is syncing it (one row per mailbox).
+
+    The sync cadence lives here, not in a worker's memory: a worker *claims* a due row (its
+    lease, :mod:`server.outbox.leases`), which also sets ``next_sync_at`` one
+    ``MAIL_SYNC_SECONDS`` ahead, so with any number of workers, restarted or not, each
+    mailbox is synced once per period. A failed sync is retried after a backoff that grows
+    with ``failures`` (reset by the next sync that works, or by a reconnect).
+    """
+
+    __tablename__ = "mailbox_sync"
+
+    #: The mailbox's id (one row per mailbox, made by the first sync pass that sees it).
+    id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"),
+                                    primary_key=True, autoincrement=False)
+    next_sync_at: Mapped[datetime | None] = mapped_column(default=None)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_synced_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class OAuthState(Base):
@@ -264,6 +286,9 @@ def connect(session: Session, *, org_id: int, owner_id: int, provider: Provider,
         mb.status, mb.last_error, mb.connected_at, mb.updated_at = (
             MailboxStatus.CONNECTED, None, now, now)
         mb.paused_until, mb.pause_reason = None, None
+        # New credentials: sync at the next pass, with no backoff left from the old ones.
+        session.execute(update(MailboxSync).where(MailboxSync.id == mb.id)
+                        .values(next_sync_at=None, failures=0, last_error=None))
     session.flush()
     log.info("mailbox %s connected for user %s: %s %s", mb.id, owner_id, provider.value, email)
     return mb

@@ -1,8 +1,10 @@
 """The mailbox sync: sent, reply and bounce detection for every connected mailbox.
 
 ``relay worker`` calls :func:`sync_mailboxes` on every tick. Each connected mailbox is synced
-at most every ``MAIL_SYNC_SECONDS`` (default 60), by one worker at a time (its row is locked
-with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), from a per-folder cursor kept in
+once every ``MAIL_SYNC_SECONDS`` (default 60), by one worker at a time: when its next sync is
+due is kept in the database (``mailbox_sync``, claimed under a lease with ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL), so several workers share the mailboxes and a restart changes nothing;
+a failing mailbox waits longer after each failure. It reads from a per-folder cursor kept in
 ``mailbox_cursor``:
 
 - Gmail: ``history.list`` from the stored ``startHistoryId`` (folder ``history``);
@@ -24,14 +26,14 @@ from __future__ import annotations
 
 import imaplib
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +49,7 @@ from server.mail import detect
 from server.mail.mailboxes import (
     Mailbox,
     MailboxStatus,
+    MailboxSync,
     MailMatch,
     MatchKind,
     Provider,
@@ -56,6 +59,7 @@ from server.mail.mailboxes import (
 )
 from server.mail.models import ScheduledSend, SendStatus
 from server.mail.transport import PermanentError, ReauthRequired, TransportError
+from server.outbox.leases import Claim, claim, release
 from server.tasks.models import CompletedVia, Task, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -174,34 +178,38 @@ def _fetch_graph(transport: Any, cursors: dict[str, str | None], now: datetime) 
 
 
 def _fetch_imap(transport: Any, cursors: dict[str, str | None], now: datetime) -> Fetched:
+    from server.mail.providers.smtp import imap_scope
+
     out = Fetched()
     cfg = transport.config
-    with transport._imap() as imap:
+    with imap_scope():  # both folders over one connection (or the caller's)
         for folder, key, outgoing in ((cfg.sent_folder, "imap-sent", True),
                                       ("INBOX", "imap-inbox", False)):
-            typ, _ = imap.select(transport._folder(folder), readonly=True)
-            if typ != "OK":
-                continue
-            validity = _untagged(imap, "UIDVALIDITY")
-            cursor = cursors.get(key)
-            known = cursor is not None and cursor.split(":")[0] == validity
-            last = int(cursor.split(":")[1]) if known and cursor else 0
-            typ, data = imap.uid("SEARCH", None, f"UID {last + 1}:*")
-            uids = sorted(int(u) for u in (data[0] or b"").split()) if typ == "OK" else []
-            uids = [u for u in uids if u > last]
-            if not known:
-                # First sync (or the folder was rebuilt): remember where it is now.
-                out.cursors[key] = f"{validity}:{uids[-1] if uids else 0}"
-                continue
-            for uid in uids[:MAX_MESSAGES_PER_PASS]:
-                typ, fetched = imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
-                raw = next((part[1] for part in fetched or [] if isinstance(part, tuple)),
-                           None)
-                if typ == "OK" and raw:
-                    out.messages.append(Incoming(f"{key}:{validity}:{uid}", raw, None,
-                                                 outgoing))
-                out.cursors[key] = f"{validity}:{uid}"
+            with transport.imap(folder) as (imap, ok):
+                if ok:
+                    _read_imap_folder(imap, key, outgoing, cursors.get(key), out)
     return out
+
+
+def _read_imap_folder(imap: imaplib.IMAP4, key: str, outgoing: bool, cursor: str | None,
+                      out: Fetched) -> None:
+    """The new messages of the selected folder since ``cursor``, into ``out``."""
+    validity = _untagged(imap, "UIDVALIDITY")
+    known = cursor is not None and cursor.split(":")[0] == validity
+    last = int(cursor.split(":")[1]) if known and cursor else 0
+    typ, data = imap.uid("SEARCH", None, f"UID {last + 1}:*")
+    uids = sorted(int(u) for u in (data[0] or b"").split()) if typ == "OK" else []
+    uids = [u for u in uids if u > last]
+    if not known:
+        # First sync (or the folder was rebuilt): remember where it is now.
+        out.cursors[key] = f"{validity}:{uids[-1] if uids else 0}"
+        return
+    for uid in uids[:MAX_MESSAGES_PER_PASS]:
+        typ, fetched = imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
+        raw = next((part[1] for part in fetched or [] if isinstance(part, tuple)), None)
+        if typ == "OK" and raw:
+            out.messages.append(Incoming(f"{key}:{validity}:{uid}", raw, None, outgoing))
+        out.cursors[key] = f"{validity}:{uid}"
 
 
 def _untagged(imap: imaplib.IMAP4, name: str) -> str:
@@ -509,68 +517,158 @@ def sync_mailbox(session: Session, mb: Mailbox, transport: Any, now: datetime,
         apply(session, mb, fetched, now, result)
 
 
-def sync_mailboxes(app: Flask, now: datetime, *, resolver: Any = None,
-                   monotonic: Callable[[], float] = time.monotonic) -> SyncResult:
-    """One sync pass over the connected mailboxes that are due (called by ``relay worker``).
+#: How long a claimed mailbox stays with the worker that claimed it (at least
+#: ``MAIL_SYNC_SECONDS``): a worker that dies mid-sync lets go of its mailboxes after this.
+SYNC_LEASE = timedelta(minutes=5)
+#: How many due mailboxes a worker claims at a time (the others stay for other workers).
+SYNC_BATCH = 10
+#: The longest wait after failed syncs (the wait doubles from ``MAIL_SYNC_SECONDS``).
+MAX_SYNC_BACKOFF = timedelta(hours=1)
 
-    Each mailbox is synced in three steps so that no database transaction stays open while
-    a provider answers (on SQLite an open write would block the web app): read the cursors,
-    fetch from the provider with no transaction, then apply in one write transaction — which,
-    on PostgreSQL, first locks the mailbox row (``SKIP LOCKED``) and drops the batch if
-    another worker moved the cursors meanwhile. Errors are per mailbox: a refused credential
-    marks it ``needs_reauth``; any other provider error is logged and retried next pass.
+
+def sync_backoff(every: float, failures: int) -> timedelta:
+    """How long to wait before the next try after ``failures`` failed syncs in a row.
+
+    ``MAIL_SYNC_SECONDS`` doubled per failure (2×, 4×, 8× …), at most an hour (or one
+    period, when the period is longer than that).
+    """
+    seconds = every * 2 ** min(max(failures, 0), 30)
+    return timedelta(seconds=min(seconds, max(every, MAX_SYNC_BACKOFF.total_seconds())))
+
+
+def _syncable() -> Any:
+    """The ids of the mailboxes the sync reads (connected, with a provider to read)."""
+    return select(Mailbox.id).where(
+        Mailbox.status == MailboxStatus.CONNECTED,
+        Mailbox.provider.in_((Provider.GOOGLE, Provider.MICROSOFT, Provider.SMTP)))
+
+
+def ensure_sync_rows(session: Session) -> int:
+    """Give every syncable mailbox its ``mailbox_sync`` row (due at once); how many were made."""
+    missing = list(session.scalars(_syncable().where(
+        ~select(MailboxSync.id).where(MailboxSync.id == Mailbox.id).exists())))
+    if not missing:
+        return 0
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" \
+        else sqlite.insert
+    session.execute(insert(MailboxSync).on_conflict_do_nothing(),
+                    [{"id": mailbox_id, "failures": 0, "attempts": 0}
+                     for mailbox_id in missing])
+    return len(missing)
+
+
+def claim_due_mailboxes(session: Session, now: datetime, every: float, *,
+                        limit: int = SYNC_BATCH, skip: Collection[int] = ()) -> list[Claim]:
+    """Claim up to ``limit`` mailboxes whose sync is due at ``now`` and that nobody holds.
+
+    Each claim sets the mailbox's next sync one period (``every`` seconds) ahead at once, so
+    no other worker — nor this one after a restart — syncs it again before then. Rows held
+    by another worker's live lease, or locked by its claim right now, are skipped. The
+    caller commits.
+    """
+    ready = and_(
+        or_(MailboxSync.next_sync_at.is_(None), MailboxSync.next_sync_at <= now),
+        or_(MailboxSync.lease_expires_at.is_(None), MailboxSync.lease_expires_at <= now),
+        MailboxSync.id.in_(_syncable()))
+    if skip:
+        ready = and_(ready, MailboxSync.id.not_in(list(skip)))
+    return claim(session, MailboxSync, ready=ready,
+                 order_by=MailboxSync.next_sync_at.asc().nulls_first(), now=now,
+                 lease=max(SYNC_LEASE, timedelta(seconds=every)), limit=limit,
+                 values={"next_sync_at": now + timedelta(seconds=every)})
+
+
+def sync_mailboxes(app: Flask, now: datetime, *, resolver: Any = None) -> SyncResult:
+    """One sync pass over the connected mailboxes that are due at ``now`` (``relay worker``).
+
+    The cadence is kept in the database (``mailbox_sync``): due mailboxes are claimed under a
+    lease a few at a time (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so with several workers
+    each mailbox is synced by one of them once per ``MAIL_SYNC_SECONDS``, and a restarted
+    worker does not sync everything again. Each mailbox is synced in three steps so that no
+    database transaction stays open while a provider answers (on SQLite an open write would
+    block the web app): read the cursors, fetch from the provider with no transaction, then
+    apply in one write transaction — only while this worker's lease is still the mailbox's.
+    Errors are per mailbox: a refused credential marks it ``needs_reauth``; any other error
+    is logged and retried after :func:`sync_backoff`, recorded on its row.
     """
     from server.mail.providers import MailboxResolver
 
     result = SyncResult()
     every = float(app.config.get("MAIL_SYNC_SECONDS", 60))
-    last: dict[int, float] = app.extensions.setdefault("relay.mail_sync_last", {})
     if resolver is None:
         resolver = app.extensions.get("relay.mailbox_resolver")
         if resolver is None:
             resolver = app.extensions["relay.mailbox_resolver"] = MailboxResolver(app)
+    writes = app.extensions["relay.write_sessionmaker"]
+    done: set[int] = set()
+    while True:
+        with writes() as session:
+            if not done:
+                ensure_sync_rows(session)
+            claims = claim_due_mailboxes(session, now, every, skip=done)
+            session.commit()
+        for held in claims:
+            done.add(held.id)
+            _sync_claimed(app, held, now, every, resolver, result)
+        if len(claims) < SYNC_BATCH:
+            return result
+
+
+def _sync_claimed(app: Flask, held: Claim, now: datetime, every: float, resolver: Any,
+                  result: SyncResult) -> None:
+    """Sync one claimed mailbox and record the outcome on its ``mailbox_sync`` row."""
     reads = app.extensions["relay.sessionmaker"]
     writes = app.extensions["relay.write_sessionmaker"]
     with reads() as session:
-        boxes = session.scalars(select(Mailbox).where(
-            Mailbox.status == MailboxStatus.CONNECTED,
-            Mailbox.provider.in_((Provider.GOOGLE, Provider.MICROSOFT, Provider.SMTP)))
-        ).all()
-        cursors = {mb.id: load_cursors(session, mb) for mb in boxes}
-        session.expunge_all()
+        mb = session.get(Mailbox, held.id)
+        state = session.get(MailboxSync, held.id)
+        failures = state.failures if state is not None else 0
+        cursors = load_cursors(session, mb) if mb is not None else {}
+        if mb is not None:
+            session.expunge(mb)
         session.commit()
-    for mb in boxes:
-        if mb.id in last and monotonic() - last[mb.id] < every:
-            continue
-        last[mb.id] = monotonic()
-        try:
+    fetched: Fetched | None = None
+    error: str | None = None
+    try:
+        if mb is not None and mb.status is MailboxStatus.CONNECTED:
             # The resolver's cached transport (and its access token) when it has one.
             cached = getattr(resolver, "transport_for", None)
             transport = cached(mb.owner_id) if cached is not None else resolver.build(mb)
-            if transport is None:
-                continue
-            fetched = fetch(mb, transport, cursors[mb.id], now)
-        except ReauthRequired as exc:
-            with writes() as session:
-                mark_needs_reauth(session, mb.id, exc.reason, now)
-                session.commit()
-            result.errors.append(f"mailbox {mb.id}: {exc.reason}")
-            continue
-        except (TransportError, OSError, imaplib.IMAP4.error) as exc:
-            log.warning("mailbox %s: sync failed, will retry: %s", mb.id, exc)
-            result.errors.append(f"mailbox {mb.id}: {exc}")
-            continue
-        if fetched is None:
-            continue
+            if transport is not None:
+                fetched = fetch(mb, transport, cursors, now)
+    except ReauthRequired as exc:
         with writes() as session:
-            stmt = select(Mailbox).where(Mailbox.id == mb.id,
-                                         Mailbox.status == MailboxStatus.CONNECTED)
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            row = session.scalar(stmt)
-            if row is None or load_cursors(session, row) != cursors[mb.id]:
-                session.rollback()  # disconnected, or another worker applied this batch
-                continue
-            apply(session, row, fetched, now, result)
+            mark_needs_reauth(session, held.id, exc.reason, now)
+            release(session, MailboxSync, held, now=now, values={"last_error": exc.reason})
             session.commit()
-    return result
+        result.errors.append(f"mailbox {held.id}: {exc.reason}")
+        return
+    except (TransportError, OSError, imaplib.IMAP4.error) as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one broken mailbox must not stop the others
+        log.exception("mailbox %s: sync failed unexpectedly", held.id)
+        error = f"{type(exc).__name__}: {exc}"
+    if error is not None:
+        wait = sync_backoff(every, failures + 1)
+        log.warning("mailbox %s: sync failed (%d in a row), next try in %d s: %s", held.id,
+                    failures + 1, wait.total_seconds(), error)
+        with writes() as session:
+            release(session, MailboxSync, held, now=now, values={
+                "failures": failures + 1, "next_sync_at": now + wait,
+                "last_error": error[:2000]})
+            session.commit()
+        result.errors.append(f"mailbox {held.id}: {error}")
+        return
+    with writes() as session:
+        # Fenced: a worker that lost this mailbox to another (it stalled past the lease)
+        # applies nothing; the other one syncs it from the same cursors.
+        if not release(session, MailboxSync, held, now=now,
+                       values={"failures": 0, "last_error": None, "last_synced_at": now}):
+            session.rollback()
+            log.warning("mailbox %s: sync lease lost; leaving it to its new holder", held.id)
+            return
+        row = session.scalar(select(Mailbox).where(Mailbox.id == held.id,
+                                                   Mailbox.status == MailboxStatus.CONNECTED))
+        if fetched is not None and row is not None:
+            apply(session, row, fetched, now, result)
+        session.commit()

@@ -16,6 +16,15 @@ it (an unknown outcome closes it without even a ``QUIT``). A kept connection the
 closed in the meantime fails at ``MAIL FROM`` — before any message could have been taken — and
 only then is the email sent once more over a fresh connection (a timeout there is a
 ``TransientError``: one call never spends two timeouts of the lease).
+
+**One IMAP connection for many emails.** Inside :func:`imap_scope` (the dispatcher opens one
+around each group of emails, the mailbox sync around each mailbox's pass) every IMAP use of a
+mailbox on that thread — the draft's ``APPEND``, filing in Sent and dropping the draft after
+the send, the Sent-folder lookups of reconciliation, the sync's reads — shares one logged-in
+connection, opened at the first use and logged out when the scope ends. Each use selects its
+folder afresh (one round trip, so it sees what was appended since); a connection that failed
+in any way is never used again, and one left idle past ``session_idle_seconds`` is checked
+with ``NOOP`` first. Outside a scope each use opens and closes its own connection.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +118,56 @@ class _Stale(Exception):
 
 
 @dataclass
+class _HeldImap:
+    """A logged-in IMAP connection an :func:`imap_scope` keeps for one transport."""
+
+    conn: imaplib.IMAP4
+    used: float
+
+
+@dataclass
+class _ImapScope:
+    """The IMAP connections kept for the current scope, by transport."""
+
+    held: dict[SmtpTransport, _HeldImap] = field(default_factory=dict)
+
+
+_scopes = threading.local()
+
+
+def _current_scope() -> _ImapScope | None:
+    return getattr(_scopes, "current", None)
+
+
+@contextlib.contextmanager
+def imap_scope() -> Iterator[None]:
+    """Within this block, each SMTP mailbox's IMAP work on this thread uses one connection.
+
+    The connection of a mailbox is opened at its first IMAP use inside the block and logged
+    out when the block ends (also on an error). A nested scope joins the outer one.
+    """
+    if _current_scope() is not None:
+        yield
+        return
+    scope = _scopes.current = _ImapScope()
+    try:
+        yield
+    finally:
+        _scopes.current = None
+        for held in scope.held.values():
+            _logout(held.conn)
+
+
+def _logout(imap: imaplib.IMAP4) -> None:
+    """Log out politely when the connection still works; else just close the socket."""
+    try:
+        imap.logout()
+    except Exception:  # noqa: BLE001 - a dead connection: nothing more to say to it
+        with contextlib.suppress(Exception):
+            imap.shutdown()
+
+
+@dataclass
 class _Session:
     """An open SMTP connection kept for the next email, with its age and use."""
 
@@ -138,6 +197,8 @@ class SmtpTransport:
         self._lock = threading.Lock()
         #: How many SMTP connections this transport opened (tests and the benchmark read it).
         self.connections_opened = 0
+        #: How many IMAP connections it opened (logged in or not).
+        self.imap_connections_opened = 0
 
     # -- SMTP ---------------------------------------------------------------------------
 
@@ -191,7 +252,7 @@ class SmtpTransport:
         """The draft is the message: APPEND it to IMAP Drafts when IMAP is configured."""
         if self.config.imap_host:
             try:
-                with self._imap() as imap:
+                with self.imap() as (imap, _):
                     imap.append(self._folder(self.config.drafts_folder), r"(\Draft)", None,
                                 message_bytes(message))
             except (OSError, imaplib.IMAP4.error) as exc:
@@ -341,8 +402,10 @@ class SmtpTransport:
     # -- IMAP ---------------------------------------------------------------------------
 
     def _imap(self) -> imaplib.IMAP4:
+        """A new, logged-in IMAP connection."""
         cfg = self.config
         assert cfg.imap_host
+        self.imap_connections_opened += 1
         if self._imap_factory is not None:
             imap = self._imap_factory(cfg.imap_host, cfg.imap_port)
         elif cfg.imap_security == "ssl":
@@ -362,6 +425,59 @@ class SmtpTransport:
             raise
         return imap
 
+    @contextlib.contextmanager
+    def imap(self, folder: str | None = None, *, readonly: bool = True
+             ) -> Iterator[tuple[imaplib.IMAP4, bool]]:
+        """A logged-in IMAP connection, with ``folder`` (a plain name) selected when given.
+
+        Yields the connection and whether the folder could be selected. Inside
+        :func:`imap_scope` it is this mailbox's one connection of the scope (see the module
+        docstring); outside, a connection of its own, logged out afterwards. Raises
+        ``ReauthRequired`` when the login is refused, and the connection's own errors
+        (``OSError``, ``imaplib.IMAP4.error``) as they come.
+        """
+        scope = _current_scope()
+        if scope is None:
+            with self._imap() as imap:
+                ok = folder is None or self._select(imap, folder, readonly)
+                yield imap, ok
+            return
+        held = self._held(scope)
+        try:
+            ok = folder is None or self._select(held.conn, folder, readonly)
+            yield held.conn, ok
+        except BaseException:
+            # Whatever went wrong, the connection's state is unknown: never used again.
+            if scope.held.get(self) is held:
+                del scope.held[self]
+            with contextlib.suppress(Exception):
+                held.conn.shutdown()
+            raise
+        held.used = self.monotonic()
+
+    def _held(self, scope: _ImapScope) -> _HeldImap:
+        """The scope's connection of this mailbox: opened now, or kept (checked when idle)."""
+        held = scope.held.get(self)
+        if held is not None and (self.monotonic() - held.used
+                                 >= self.config.session_idle_seconds):
+            try:
+                typ, _ = held.conn.noop()
+                alive = typ == "OK"
+            except (OSError, imaplib.IMAP4.error):
+                alive = False
+            if not alive:
+                del scope.held[self]
+                with contextlib.suppress(Exception):
+                    held.conn.shutdown()
+                held = None
+        if held is None:
+            held = scope.held[self] = _HeldImap(self._imap(), used=self.monotonic())
+        return held
+
+    def _select(self, imap: imaplib.IMAP4, folder: str, readonly: bool) -> bool:
+        typ, _ = imap.select(self._folder(folder), readonly=readonly)
+        return typ == "OK"
+
     @staticmethod
     def _folder(name: str) -> str:
         return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -369,19 +485,23 @@ class SmtpTransport:
     def _file_sent(self, message: OutboundMessage) -> None:
         """After sending: copy to Sent (unless the server does) and drop the IMAP draft."""
         try:
-            with self._imap() as imap:
-                if self.config.save_sent:
-                    imap.append(self._folder(self.config.sent_folder), r"(\Seen)", None,
-                                message_bytes(message))
-                typ, _ = imap.select(self._folder(self.config.drafts_folder))
-                if typ == "OK":
-                    uids = self._search_message_id(imap, message.message_id)
-                    for uid in uids:
-                        imap.uid("STORE", uid, "+FLAGS", r"(\Deleted)")
-                    if uids:
-                        imap.expunge()
+            with imap_scope():  # one connection for both steps (or the caller's)
+                self._file_and_drop_draft(message)
         except (OSError, imaplib.IMAP4.error, ReauthRequired) as exc:
             log.warning("send %s left, but filing it over IMAP failed: %s", message.send_id, exc)
+
+    def _file_and_drop_draft(self, message: OutboundMessage) -> None:
+        if self.config.save_sent:
+            with self.imap() as (imap, _):
+                imap.append(self._folder(self.config.sent_folder), r"(\Seen)", None,
+                            message_bytes(message))
+        with self.imap(self.config.drafts_folder, readonly=False) as (imap, ok):
+            if ok:
+                uids = self._search_message_id(imap, message.message_id)
+                for uid in uids:
+                    imap.uid("STORE", uid, "+FLAGS", r"(\Deleted)")
+                if uids:
+                    imap.expunge()
 
     @staticmethod
     def _search_message_id(imap: imaplib.IMAP4, message_id: str) -> list[str]:
@@ -397,9 +517,8 @@ class SmtpTransport:
         if not self.config.imap_host:
             return Reconciled(Outcome.UNKNOWN)
         try:
-            with self._imap() as imap:
-                typ, _ = imap.select(self._folder(self.config.sent_folder), readonly=True)
-                if typ != "OK":
+            with self.imap(self.config.sent_folder) as (imap, ok):
+                if not ok:
                     return Reconciled(Outcome.UNKNOWN)
                 uids = self._search_message_id(imap, message.message_id)
         except (OSError, imaplib.IMAP4.error) as exc:
