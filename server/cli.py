@@ -90,16 +90,15 @@ def worker(once: bool) -> None:
 @main.command()
 def status() -> None:
     """Print the queue figures (the same as GET /metrics): emails, mailboxes, Salesforce."""
-    from server.db import utcnow
-    from server.metrics import queue_figures, status_table
+    from server import metrics
 
     app = _app()
     session = app.extensions["relay.sessionmaker"]()
     try:
-        figures = queue_figures(session, utcnow())
+        figures = metrics.queue_figures(session, metrics.utcnow())
     finally:
         session.close()
-    click.echo(status_table(figures))
+    click.echo(metrics.status_table(figures))
 
 
 @main.group()

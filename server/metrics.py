@@ -111,7 +111,7 @@ class QueueCollector:
     """A prometheus_client collector that reads the queue figures at each scrape."""
 
     def __init__(self, sessions: sessionmaker[Session],
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.sessions = sessions
         self.clock = clock
 
@@ -125,7 +125,7 @@ class QueueCollector:
 
         session = self.sessions()
         try:
-            figures = queue_figures(session, self.clock())
+            figures = queue_figures(session, self.clock() if self.clock else utcnow())
         finally:
             session.rollback()
             session.close()
@@ -177,7 +177,7 @@ def multiprocess_dir() -> str | None:
 
 
 def exposition(sessions: sessionmaker[Session],
-               clock: Callable[[], datetime] = utcnow) -> tuple[bytes, str]:
+               clock: Callable[[], datetime] | None = None) -> tuple[bytes, str]:
     """The text exposition of every Relay metric, and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
