@@ -406,21 +406,19 @@ class Dispatcher:
             for i in range(0, len(held), size):
                 if self.stop_requested():
                     result.returned += self.hand_back(held[i:])
-                    self._count(held[i:], "returned")
                     return result
                 group = held[i:i + size]
                 outcomes = self.process_group(group)
                 for outcome in outcomes:
                     result.add(outcome)
-                self._count(group, *outcomes)
+                self._count(group, outcomes)
         return result
 
-    def _count(self, helds: list[_Held], *outcomes: str) -> None:
-        """Tell ``on_outcome`` each row's outcome (one outcome given: the same for all)."""
+    def _count(self, helds: list[_Held], outcomes: list[str]) -> None:
+        """Tell ``on_outcome`` each processed row's outcome and its transport's kind."""
         if self.on_outcome is None:
             return
-        for i, held in enumerate(helds):
-            outcome = outcomes[i] if len(outcomes) > 1 else outcomes[0]
+        for held, outcome in zip(helds, outcomes, strict=True):
             self.on_outcome(outcome, self._kinds.get(held.claim.id, "none"))
 
     def hand_back(self, helds: list[_Held]) -> int:
