@@ -7,6 +7,7 @@ lands in the middle of a pass with a provider call in flight.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.fernet import Fernet
 from flask import Flask
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -24,11 +26,17 @@ from sqlalchemy.orm import Session
 
 from server import worker
 from server.cli import main
-from server.config import ENV_VARS, worker_problems
+from server.config import ENV_VARS, load_config, worker_problems
+from server.crypto import KeyRing
 from server.db import make_engine
 from server.mail.dispatcher import Dispatcher, DispatchSettings
 from server.mail.fake import FakeResolver, FakeTransport, ManualClock, SinkServer, _Handler
+from server.mail.mailboxes import Mailbox, Provider
 from server.mail.models import ScheduledSend, SendStatus
+from server.mail.providers import MailboxResolver
+from server.mail.providers.gmail import GmailTransport
+from server.mail.providers.graph import GraphTransport
+from server.mail.providers.smtp import SmtpTransport
 from tests.conftest import World
 from tests.test_dispatch import plain_sends, rows
 from tests.test_dispatch_faults import seed, start_worker, statuses, worker_env
@@ -278,3 +286,30 @@ def test_a_tick_asked_to_stop_starts_nothing(app: Flask, session: Session, world
     stop.clear()
     assert worker.tick(app, now, stop=stop).dispatch.sent == 3
     assert synced == ["mail", "salesforce"]
+
+
+# -- settings reach what they configure ----------------------------------------------------
+
+
+def test_send_group_and_provider_timeouts_are_read_from_the_environment(tmp_path: Path):
+    """Do SEND_GROUP and the *_TIMEOUT_SECONDS variables reach the dispatcher and transports?"""
+    config = load_config(tmp_path, {"SEND_GROUP": "3", "SMTP_TIMEOUT_SECONDS": "7",
+                                     "GRAPH_TIMEOUT_SECONDS": "9",
+                                     "GMAIL_TIMEOUT_SECONDS": "11",
+                                     "GOOGLE_CLIENT_ID": "gid", "MS_CLIENT_ID": "ms"})
+    assert DispatchSettings.from_config(config).group == 3
+    ring = KeyRing(keys=(("k1", Fernet.generate_key()),))
+    resolver = MailboxResolver(lambda: None, config=config, keyring=ring,
+                               instance_path=tmp_path, ms_token_client=object())
+
+    def box(provider: Provider, secret: dict[str, str], **settings: str) -> Mailbox:
+        return Mailbox(id=1, org_id=1, owner_id=1, provider=provider, email="a@b.test",
+                       settings=settings, secret=ring.encrypt(json.dumps(secret)),
+                       daily_limit=100)
+
+    smtp = resolver.build(box(Provider.SMTP, {"password": "pw"}, smtp_host="127.0.0.1"))
+    graph = resolver.build(box(Provider.MICROSOFT, {"refresh_token": "r"}))
+    gmail = resolver.build(box(Provider.GOOGLE, {"refresh_token": "r"}))
+    assert isinstance(smtp, SmtpTransport) and smtp.config.timeout == 7
+    assert isinstance(graph, GraphTransport) and graph._timeout == 9
+    assert isinstance(gmail, GmailTransport) and gmail.service._http.http.timeout == 11
