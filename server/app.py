@@ -90,6 +90,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(salesforce_views.bp)
     app.register_blueprint(salesforce_pages.bp)
 
+    from server import metrics
+
+    app.register_blueprint(metrics.bp)
+
     @app.get("/openapi.json")
     def openapi() -> Any:
         """The OpenAPI 3.1 document of every /api endpoint."""

@@ -64,10 +64,41 @@ def serve(host: str, port: int) -> None:
 @main.command()
 @click.option("--once", is_flag=True, help="do one pass and exit")
 def worker(once: bool) -> None:
-    """Process due work: scheduled starts (and, later, sends and CRM sync)."""
-    from server.worker import run
+    """Process due work: scheduled starts, sends, mailbox and Salesforce sync.
 
-    run(_app(), once=once)
+    SIGTERM or SIGINT drains (the send in flight finishes, claimed emails not started are
+    handed back) and exits 0 within SEND_STOP_SECONDS; a second signal exits at once.
+    Refuses to start (exit 2) when the SEND_* settings cannot work.
+    """
+    import threading
+
+    from server.config import worker_problems
+    from server.worker import drain_on_signals, run
+
+    app = _app()
+    problems = worker_problems(app.config)
+    if problems:
+        for problem in problems:
+            click.echo(f"Error: {problem}", err=True)
+        click.echo("relay worker did not start: fix the settings above.", err=True)
+        sys.exit(2)
+    stop = threading.Event()
+    with drain_on_signals(stop, float(app.config.get("SEND_STOP_SECONDS") or 30)):
+        run(app, stop, once=once)
+
+
+@main.command()
+def status() -> None:
+    """Print the queue figures (the same as GET /metrics): emails, mailboxes, Salesforce."""
+    from server import metrics
+
+    app = _app()
+    session = app.extensions["relay.sessionmaker"]()
+    try:
+        figures = metrics.queue_figures(session, metrics.utcnow())
+    finally:
+        session.close()
+    click.echo(metrics.status_table(figures))
 
 
 @main.group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,21 @@ ENV_VARS: dict[str, str | None] = {
     "SEND_LEASE_SECONDS": "120",
     "SEND_LEASE_MARGIN_SECONDS": "30",
     "SEND_BATCH": "50",
+    "SEND_GROUP": "10",
     "SEND_PACE_COUNT": "25",
     "SEND_PACE_SECONDS": "45",
     "SEND_DAILY_CAP": "1000",
     "SEND_MAX_RETRIES": "8",
     "SEND_BACKOFF_BASE_SECONDS": "30",
     "SEND_BACKOFF_CAP_SECONDS": "3600",
+    "SEND_STOP_SECONDS": "30",
     "MAIL_SINK_URL": None,
+    # Provider call timeouts (seconds): each must fit in SEND_LEASE_MARGIN_SECONDS.
+    "SMTP_TIMEOUT_SECONDS": "20",
+    "GRAPH_TIMEOUT_SECONDS": "20",
+    "GMAIL_TIMEOUT_SECONDS": "20",
+    # GET /metrics: a bearer secret a Prometheus server may use instead of an admin's token.
+    "METRICS_TOKEN": None,
     # Mailbox connections and sync (server/mail/; the README's Mailboxes section).
     "MAIL_OUTBOX_DIR": None,
     "MAIL_SYNC_SECONDS": "60",
@@ -95,6 +104,57 @@ def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> d
     cfg["SALESFORCE_POLL_SECONDS"] = float(cfg["SALESFORCE_POLL_SECONDS"])
     cfg["MAIL_SYNC_SECONDS"] = float(cfg["MAIL_SYNC_SECONDS"])
     return cfg
+
+
+#: The provider timeouts the lease margin must cover, by transport kind.
+PROVIDER_TIMEOUTS = {"smtp": "SMTP_TIMEOUT_SECONDS", "graph": "GRAPH_TIMEOUT_SECONDS",
+                     "gmail": "GMAIL_TIMEOUT_SECONDS"}
+
+
+def _seconds(config: Mapping[str, Any], name: str) -> float:
+    """A number of seconds from the configuration (its ``ENV_VARS`` default when unset)."""
+    value = config.get(name)
+    if value in (None, ""):
+        value = ENV_VARS[name]
+    return float(value)  # type: ignore[arg-type]
+
+
+def worker_problems(config: Mapping[str, Any]) -> list[str]:
+    """Why ``relay worker`` must not start with ``config`` (an empty list: it may).
+
+    A provider call starts only while ``SEND_LEASE_MARGIN_SECONDS`` of its lease remain, so
+    the margin must be longer than the longest provider timeout (else a call that times out
+    ends after the lease, when another worker may already hold the row), and shorter than
+    the lease itself (else no call ever starts). With ``MAIL_TRANSPORT=sink`` (tests) no
+    provider is called and the sink's timeout is derived from the margin, so only the second
+    rule applies. Each problem says what to change.
+    """
+    problems: list[str] = []
+    try:
+        lease = _seconds(config, "SEND_LEASE_SECONDS")
+        margin = _seconds(config, "SEND_LEASE_MARGIN_SECONDS")
+        timeouts = {name: _seconds(config, name) for name in PROVIDER_TIMEOUTS.values()}
+        stop = _seconds(config, "SEND_STOP_SECONDS")
+    except (TypeError, ValueError) as exc:
+        return [f"a SEND_* or *_TIMEOUT_SECONDS setting is not a number: {exc}"]
+    if margin >= lease:
+        problems.append(
+            f"SEND_LEASE_MARGIN_SECONDS ({margin:g}) must be less than SEND_LEASE_SECONDS "
+            f"({lease:g}): no provider call could ever start. Lower the margin or lengthen "
+            f"the lease.")
+    if config.get("MAIL_TRANSPORT") == "sink":
+        timeouts = {}
+    for name, timeout in timeouts.items():
+        if timeout <= 0:
+            problems.append(f"{name} ({timeout:g}) must be more than 0.")
+        elif margin <= timeout:
+            problems.append(
+                f"SEND_LEASE_MARGIN_SECONDS ({margin:g}) cannot cover one provider call: "
+                f"{name} is {timeout:g}. Raise the margin above {timeout:g} (and the lease "
+                f"with it) or lower {name}.")
+    if stop <= 0:
+        problems.append(f"SEND_STOP_SECONDS ({stop:g}) must be more than 0.")
+    return problems
 
 
 def normalise_database_url(url: str) -> str:

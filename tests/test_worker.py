@@ -105,7 +105,7 @@ def test_worker_loop_survives_a_failed_pass_and_stops_when_asked(
     calls = []
     stop = threading.Event()
 
-    def flaky(_app: Flask, now: datetime | None = None) -> worker.TickResult:
+    def flaky(_app: Flask, now: datetime | None = None, **_kw: object) -> worker.TickResult:
         calls.append(now)
         if len(calls) == 1:
             raise RuntimeError("database went away")

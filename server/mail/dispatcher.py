@@ -230,6 +230,8 @@ class DispatchResult:
     lost: int = 0
     swept: int = 0
     waiting: int = 0
+    #: Claimed but not started when the worker was asked to stop: handed back unclaimed.
+    returned: int = 0
 
     def add(self, outcome: str) -> None:
         """Count one row's outcome."""
@@ -303,13 +305,21 @@ class Dispatcher:
     def __init__(self, sessions: sessionmaker[Session], resolver: TransportResolver, *,
                  settings: DispatchSettings | None = None, clock: Clock | None = None,
                  draw: Callable[[], float] | None = None,
-                 crash: Callable[[str], None] | None = None) -> None:
+                 crash: Callable[[str], None] | None = None,
+                 stop_requested: Callable[[], bool] | None = None,
+                 on_outcome: Callable[[str, str], None] | None = None) -> None:
         self.sessions = sessions
         self.resolver = resolver
         self.settings = settings or DispatchSettings()
         self.clock = clock or SystemClock()
         self.draw = draw or random.random
         self.crash = crash or no_crash
+        #: Asked between groups: when it returns true the pass ends, and the rows claimed
+        #: but not started are handed back (``relay worker`` on SIGTERM).
+        self.stop_requested = stop_requested or (lambda: False)
+        #: Told ``(outcome, provider kind)`` of every row processed (metrics).
+        self.on_outcome = on_outcome
+        self._kinds: dict[int, str] = {}
         self._transports: dict[int, Transport | None] = {}
         self._boxes: dict[int, _Box] = {}
         self._caps: dict[int, int | None] = {}
@@ -382,9 +392,12 @@ class Dispatcher:
         self._boxes = {}
         self._caps = {}
         self._senders = {}
+        self._kinds = {}
         result = DispatchResult()
         result.swept = self.sweep()
         for _ in range(self.settings.max_batches):
+            if self.stop_requested():
+                break
             held = self.claim_batch()
             if not held:
                 break
@@ -392,9 +405,43 @@ class Dispatcher:
             self.crash("after_claim")
             size = max(self.settings.group, 1)
             for i in range(0, len(held), size):
-                for outcome in self._process_group_scoped(held[i:i + size]):
+                if self.stop_requested():
+                    result.returned += self.hand_back(held[i:])
+                    return result
+                group = held[i:i + size]
+                outcomes = self._process_group_scoped(group)
+                for outcome in outcomes:
                     result.add(outcome)
+                self._count(group, outcomes)
         return result
+
+    def _count(self, helds: list[_Held], outcomes: list[str]) -> None:
+        """Tell ``on_outcome`` each processed row's outcome and its transport's kind."""
+        if self.on_outcome is None:
+            return
+        for held, outcome in zip(helds, outcomes, strict=True):
+            self.on_outcome(outcome, self._kinds.get(held.claim.id, "none"))
+
+    def hand_back(self, helds: list[_Held]) -> int:
+        """Give claimed rows that were not started back, as if never claimed (one statement).
+
+        ``claimed`` → ``scheduled``; ``drafted`` and ``uncertain`` rows keep their state (and
+        draft). The lease is released (a restarted worker claims them at once) and the claim's
+        attempt is not counted. Fenced: a row no longer ours is left alone. Returns how many
+        were handed back.
+        """
+        if not helds:
+            return 0
+        now = self.clock.now()
+        values = {"status": case((SS.status == SendStatus.CLAIMED, SendStatus.SCHEDULED.value),
+                                 else_=SS.status),
+                  "lease_token": None, "lease_expires_at": None,
+                  "attempts": SS.attempts - 1, "updated_at": now}
+        with self._tx() as s:
+            kept = fenced_update_many(s, SS, [(h.claim, values) for h in helds], now=now)
+        if kept:
+            log.info("stopping: handed back %d claimed emails not yet started", len(kept))
+        return len(kept)
 
     def sweep(self) -> int:
         """Expired leases: ``claimed`` → ``scheduled``, ``sending`` → ``uncertain``."""
@@ -652,6 +699,7 @@ class Dispatcher:
                     continue
                 content: Content | Problem | None = None
                 transport = self._transport(row.owner_id)
+                self._kinds[row.id] = getattr(transport, "kind", None) or "none"
                 if transport is not None and (row.status is not SendStatus.UNCERTAIN
                                               or row.message_id is not None):
                     try:
@@ -1195,4 +1243,6 @@ def with_settings(dispatcher: Dispatcher, **changes: Any) -> Dispatcher:
     """A copy of ``dispatcher`` with some settings changed (tests and the benchmark)."""
     return Dispatcher(dispatcher.sessions, dispatcher.resolver,
                       settings=replace(dispatcher.settings, **changes),
-                      clock=dispatcher.clock, draw=dispatcher.draw, crash=dispatcher.crash)
+                      clock=dispatcher.clock, draw=dispatcher.draw, crash=dispatcher.crash,
+                      stop_requested=dispatcher.stop_requested,
+                      on_outcome=dispatcher.on_outcome)

@@ -172,7 +172,8 @@ class MailboxResolver:
             return LocalOutboxTransport(root, daily_limit=mb.daily_limit, clock=self._clock)
         secret = read_secret(mb, self.keyring)
         if provider is Provider.SMTP:
-            return SmtpTransport(config_from_settings(settings, secret.get("password")),
+            return SmtpTransport(config_from_settings(settings, secret.get("password"),
+                                                      timeout=self._timeout("SMTP")),
                                  daily_limit=mb.daily_limit, clock=self._clock)
         if provider is Provider.GOOGLE:
             from server.mail.providers.gmail import GmailTransport, google_credentials
@@ -180,7 +181,8 @@ class MailboxResolver:
             creds = google_credentials(secret["refresh_token"], self.config,
                                        token_uri=self._google_token_uri)
             return GmailTransport.from_credentials(creds, daily_limit=mb.daily_limit,
-                                                   http=self._gmail_http, clock=self._clock)
+                                                   http=self._gmail_http, clock=self._clock,
+                                                   timeout=self._timeout("GMAIL"))
         from server.mail.providers.graph import GraphTransport, MsalTokens
 
         tokens = MsalTokens(secret["refresh_token"], self.config,
@@ -188,7 +190,12 @@ class MailboxResolver:
                             on_new_refresh_token=lambda new: self._store_refresh(mb.id, new))
         return GraphTransport(tokens.access_token, base_url=self._graph_base_url,
                               session=self._graph_session, daily_limit=mb.daily_limit,
-                              clock=self._clock)
+                              timeout=self._timeout("GRAPH"), clock=self._clock)
+
+    def _timeout(self, provider: str) -> float:
+        """``<PROVIDER>_TIMEOUT_SECONDS`` from the configuration (default 20 s)."""
+        value = self.config.get(f"{provider}_TIMEOUT_SECONDS")
+        return 20.0 if value in (None, "") else float(value)
 
     def _store_refresh(self, mailbox_id: int, refresh_token: str) -> None:
         """Keep a rotated refresh token (Microsoft may issue a new one on each refresh).

@@ -163,12 +163,20 @@ class GmailTransport:
     @classmethod
     def from_credentials(cls, credentials: Any, *, daily_limit: int = GMAIL_WORKSPACE_LIMIT,
                          http: Callable[[Any], Any] | None = None,
-                         clock: Callable[[], datetime] = utcnow) -> GmailTransport:
-        """Build the Gmail service from the bundled (static) discovery document."""
+                         clock: Callable[[], datetime] = utcnow,
+                         timeout: float = 20.0) -> GmailTransport:
+        """Build the Gmail service from the bundled (static) discovery document.
+
+        ``timeout`` (``GMAIL_TIMEOUT_SECONDS``) bounds each socket operation; without it
+        google-api-python-client would wait 60 s, more than the dispatcher's lease margin.
+        """
         if http is not None:
             service = build("gmail", "v1", http=http(credentials), static_discovery=True)
         else:
-            service = build("gmail", "v1", credentials=credentials, static_discovery=True,
+            from google_auth_httplib2 import AuthorizedHttp
+
+            authorized = AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
+            service = build("gmail", "v1", http=authorized, static_discovery=True,
                             cache_discovery=False)
         return cls(service, daily_limit=daily_limit, clock=clock)
 

@@ -76,7 +76,9 @@ class SmtpConfig:
     security: str = "starttls"  # "starttls", "ssl" or "none"
     username: str | None = None
     password: str | None = None
-    timeout: float = 30.0
+    #: Seconds any one socket operation may wait (``SMTP_TIMEOUT_SECONDS``); it must fit in
+    #: the dispatcher's lease margin (``relay worker`` checks at start).
+    timeout: float = 20.0
     imap_host: str | None = None
     imap_port: int = 993
     imap_security: str = "ssl"  # "ssl", "starttls" or "none"
@@ -528,9 +530,11 @@ class SmtpTransport:
         return Reconciled(Outcome.UNKNOWN)
 
 
-def config_from_settings(settings: dict[str, Any], password: str | None) -> SmtpConfig:
+def config_from_settings(settings: dict[str, Any], password: str | None, *,
+                         timeout: float = SmtpConfig.timeout) -> SmtpConfig:
     """Build the SmtpConfig of a stored mailbox (settings plus its decrypted password)."""
     return SmtpConfig(
+        timeout=timeout,
         host=settings["smtp_host"], port=int(settings.get("smtp_port", 587)),
         security=settings.get("smtp_security", "starttls"),
         username=settings.get("smtp_username"), password=password,
