@@ -86,7 +86,8 @@ def test_metrics_show_the_queue_the_database_holds(client: FlaskClient, filled: 
     emails = {labels[0][1]: v for (name, labels), v in got.items()
               if name == "relay_outbox_emails"}
     assert emails == {"scheduled": 3, "claimed": 0, "drafted": 1, "sending": 0, "sent": 3,
-                      "uncertain": 0, "failed": 1, "needs_attention": 1, "cancelled": 0}
+                      "uncertain": 0, "failed": 1, "needs_attention": 1, "cancelled": 0,
+                      "resent": 0}
     assert got[("relay_outbox_due_emails", ())] == 3
     assert got[("relay_outbox_oldest_due_age_seconds", ())] == 30 * 60
     boxes = {labels[0][1]: v for (name, labels), v in got.items() if name == "relay_mailboxes"}
