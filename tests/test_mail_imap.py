@@ -110,3 +110,17 @@ def test_imap_sync_detects_hand_sent_tasks_and_replies(session, world, now):
         EnrollmentStatus.REPLIED)
     rules = sorted(m.matched_by for m in session.scalars(select(MailMatch)))
     assert rules == ["in-reply-to", "recipient+subject"]
+
+
+def test_earlier_imap_drafts_are_removed_by_message_id(smtp_port):
+    """Does delete_drafts remove exactly the IMAP drafts carrying the given Message-ID?"""
+    port, _sink = smtp_port
+    with fake_imap() as (imap_port, state):
+        t = transport(port, imap_port)
+        msg = message(send_id=41)
+        t.create_draft(msg)
+        t.create_draft(message(send_id=42))
+        assert t.delete_drafts(msg.message_id) == 1
+        [(raw, _flags)] = state.folders["Drafts"].messages.values()
+        assert msg.message_id.encode() not in raw
+        assert t.delete_drafts(msg.message_id) == 0

@@ -3,23 +3,44 @@
 States (``SEND_TRANSITIONS`` in :mod:`server.mail.models`)::
 
     scheduled → claimed → drafted → sending → sent
-                   ↘ (transient)  ↘ (unknown outcome) uncertain → sent | scheduled | needs_attention
+                   ↘ (refused: retried)  ↖ (refused, or never started)
+                                          ↘ (unknown outcome) uncertain → sent | scheduled
+                                                                         | needs_attention
     any step → failed (permanent error, or too many transient ones)
 
-**The send protocol.** A claimed row is drafted at the provider and the draft id is committed
-(fenced by the lease, renewing it); the row is marked ``sending`` and committed in the same
-transaction that takes its slot of the mailbox's pace; only then is the draft sent, and the
-result committed as ``sent`` together with what follows from it (the campaign moves on through
-:func:`server.campaigns.progress.send_finished`, a task email completes its task). Every
-provider call happens only after a committed fenced write and only while at least
-``margin`` of that lease remains, so a worker that stalled past its lease calls nothing and,
-since every write is fenced by the lease token, writes nothing either.
+**The send protocol.** The Message-ID of a claimed row is committed before its first draft
+is made, so every draft of the email carries the same one (an earlier attempt's draft is
+found by it and removed before drafting again). The draft id is committed (fenced by the
+lease, renewing it). Then the rows of a group are sent **one at a time**: the group's pace
+slots are taken in one durable transaction that also marks its first row ``sending``; each
+provider answer is recorded in the durable transaction that also marks the next row
+``sending`` — ``sent`` together with what follows from it (the campaign moves on through
+:func:`server.campaigns.progress.send_finished`, a task email completes its task). So an
+email the provider accepted is recorded at once, and at most one row per worker is ever
+``sending``. Every provider call happens only after a committed fenced write and only while
+at least ``margin`` of that lease remains, so a worker that stalled past its lease calls
+nothing and, since every write is fenced by the lease token, writes nothing either.
 
-**Unknown outcomes are reconciled, never guessed.** A send whose answer was lost (timeout,
-dropped connection, 5xx or 429 after the request left, a worker killed while ``sending``)
-becomes ``uncertain``; before anything is retried the transport is asked: the draft still
-exists → not sent → ``scheduled`` again (reusing the draft); found in Sent → ``sent``; not
-known → ``needs_attention``.
+**Refusals are retried, unknown outcomes reconciled.** A refusal after which the provider
+cannot have taken the email (``TransientError``: an SMTP 4xx to any command or to the end of
+the data, a connection lost before the end of the data, a Gmail/Graph 429, or a 5xx whose
+draft is provably still there) sends the row back to ``drafted`` (its draft kept) with a
+backoff, up to ``SEND_MAX_RETRIES``; a ``PermanentError`` fails it. Only an answer lost after
+the request may have been acted on (``OutcomeUnknown``: a connection lost after the end of
+the data, a worker killed while ``sending``) makes it ``uncertain``; before anything is
+retried the transport is asked: the draft still exists → not sent → ``scheduled`` again
+(reusing the draft); found in Sent → ``sent``; not known → ``needs_attention``, with a
+reason that fits the mailbox (an SMTP-only mailbox has no Sent folder to check).
+
+**Never started means given back.** Rows of a group whose provider call never started — a
+stop was requested (``stop_requested``), the mailbox refused (daily limit, credential), too
+little lease was left — go back with their lease released: ``drafted`` rows stay
+``drafted`` (their draft kept), ``claimed`` ones become ``scheduled``; never ``uncertain``.
+
+Each outcome is logged on ``relay.dispatch`` as one line: ``send outcome send=<id>
+mailbox=<owner id> provider=<smtp|google|microsoft|outbox|sink> outcome=<sent|retried|failed|
+uncertain|needs_attention|deferred|returned|lost> reason="<short>" attempt=<n>`` (INFO;
+WARNING for failures).
 
 **Expired leases** (a worker died): ``claimed`` → ``scheduled`` (sweep); ``drafted`` →
 claimed again and resumed from its draft; ``sending`` → ``uncertain`` (sweep).
@@ -1033,6 +1054,9 @@ class Dispatcher:
         sent_at = sent.sent_at or now
 
         def follow_on(s: Session, now: datetime) -> None:
+            if row.enrollment_step_id is None and row.task_id is None:
+                record_many(s, [_sent_event(row, sent_at)])  # a plain send: its feed event
+                return
             try:
                 with s.begin_nested():
                     self._after_sent(s, row, sent_at, message_id, now)

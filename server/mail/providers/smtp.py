@@ -445,7 +445,10 @@ class SmtpTransport:
         return raw.split()
 
     def reconcile(self, message: OutboundMessage, draft: Draft | None) -> Reconciled:
-        """Found in IMAP Sent by Message-ID → sent; otherwise unknown (SMTP proves no negative)."""
+        """Found in IMAP Sent by Message-ID → sent (its draft removed); otherwise unknown.
+
+        SMTP proves no negative: without IMAP there is nowhere to look.
+        """
         if not self.config.imap_host:
             return Reconciled(Outcome.UNKNOWN)
         try:
@@ -457,6 +460,9 @@ class SmtpTransport:
         except (OSError, imaplib.IMAP4.error) as exc:
             raise TransientError(f"IMAP search failed: {exc}") from None
         if uids:
+            # It left: its draft (if the filing after the send never happened) goes.
+            with contextlib.suppress(TransportError):
+                self.delete_drafts(message.message_id)
             return Reconciled(Outcome.SENT, Sent(provider_id=f"imap:{uids[0]}"))
         return Reconciled(Outcome.UNKNOWN)
 
