@@ -773,7 +773,7 @@ class Dispatcher:
                              self._pause(job.held, job.row, job.status,
                                          refused[job.row.owner_id], quiet=True))
                 continue
-            if fenced_update(s, SS, job.held.claim, now=now,
+            if fenced_update(s.connection(), SS, job.held.claim, now=now,  # type: ignore[arg-type]
                              values={"status": SendStatus.SENDING, "updated_at": now},
                              extend=self.settings.lease):
                 job.held.expires_at = now + self.settings.lease
@@ -988,10 +988,11 @@ class Dispatcher:
     def _apply(self, s: Session, now: datetime, held: _Held, values: Mapping[str, Any],
                finish: bool, then: Callable[[Session, datetime], None] | None) -> bool:
         vals = {**values, "updated_at": now}
+        conn: Any = s.connection()  # Core execution: no ORM bookkeeping for one UPDATE
         if finish:
-            ok = release(s, SS, held.claim, now=now, values=vals)
+            ok = release(conn, SS, held.claim, now=now, values=vals)
         else:
-            ok = fenced_update(s, SS, held.claim, now=now, values=vals,
+            ok = fenced_update(conn, SS, held.claim, now=now, values=vals,
                                extend=self.settings.lease)
         if not ok:
             log.warning("send %d: lease lost, leaving it to its new holder", held.claim.id)
