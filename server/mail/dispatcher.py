@@ -716,9 +716,16 @@ class Dispatcher:
                 self.crash("after_provider_send")
         now = self.clock.now()
         with self._joined_tx(now, durable=bool(queue)) as s:
-            outcome = self._settle(job, result, refused)
-            self._record(outcomes, job.held, job.row, job.transport, outcome)
-            nxt = self._next_sending(s, now, queue, refused, outcomes)
+            if (isinstance(result, Sent) and queue and not self._stopping()
+                    and queue[0].row.owner_id not in refused):
+                # The common case in one statement: this row sent, the next one sending.
+                nxt: _Job | None = self._sent_and_next(s, now, job, result, queue, outcomes)
+            else:
+                outcome = self._settle(job, result, refused)
+                self._record(outcomes, job.held, job.row, job.transport, outcome)
+                nxt = None
+            if nxt is None:
+                nxt = self._next_sending(s, now, queue, refused, outcomes)
         if isinstance(result, Sent):
             after = getattr(job.transport, "after_sent", None)
             if after is not None:
@@ -750,6 +757,39 @@ class Dispatcher:
             refused[row.owner_id] = result
             return self._pause(held, row, SendStatus.SENDING, result)
         return self._unsure(held, row, result)
+
+    def _sent_and_next(self, s: Session, now: datetime, job: _Job, sent: Sent,
+                       queue: list[_Job], outcomes: dict[int, str]) -> _Job | None:
+        """Record ``job`` sent and mark the next row of ``queue`` ``sending`` (one statement).
+
+        Returns that next row when it is still ours.
+        """
+        nxt = queue.pop(0)
+        _check(nxt.status, SendStatus.SENDING)
+        row, message_id = job.row, job.message.message_id
+        sent_at = sent.sent_at or now
+        kept = fenced_update_many(s.connection(), SS, [  # type: ignore[arg-type]
+            (job.held.claim, {**_sent_values(row, message_id, sent, job.draft, sent_at, now),
+                              "lease_token": None, "lease_expires_at": None}),
+            (nxt.held.claim, {"status": SendStatus.SENDING, "updated_at": now,
+                              "lease_expires_at": now + self.settings.lease})], now=now)
+        self._why[job.held.claim.id] = f"accepted by the provider as {sent.provider_id}"
+        if row.id in kept:
+            self._sent_follow_on(s, now, row, sent_at, message_id)
+            self._record(outcomes, job.held, row, job.transport, "sent")
+        else:
+            log.warning("send %d: lease lost, leaving it to its new holder", row.id)
+            self._record(outcomes, job.held, row, job.transport, "lost")
+        if nxt.held.claim.id not in kept:
+            log.warning("send %d: lease lost before sending", nxt.held.claim.id)
+            self._why[nxt.held.claim.id] = "the lease was lost before sending"
+            self._record(outcomes, nxt.held, nxt.row, nxt.transport, "lost")
+            return None
+        nxt.held.expires_at = now + self.settings.lease
+        nxt.status = SendStatus.SENDING
+        self._renew([j.held for j in queue], s, now, outcomes)
+        queue[:] = [j for j in queue if j.held.claim.id not in outcomes]
+        return nxt
 
     def _next_sending(self, s: Session, now: datetime, queue: list[_Job],
                       refused: dict[int, TransportError], outcomes: dict[int, str]
@@ -1055,22 +1095,27 @@ class Dispatcher:
         sent_at = sent.sent_at or now
 
         def follow_on(s: Session, now: datetime) -> None:
-            if row.enrollment_step_id is None and row.task_id is None:
-                record_many(s, [_sent_event(row, sent_at)])  # a plain send: its feed event
-                return
-            try:
-                with s.begin_nested():
-                    self._after_sent(s, row, sent_at, message_id, now)
-            except Exception as exc:  # reported on the row and logged, not swallowed
-                log.exception("send %d was sent but its campaign or task could not be "
-                              "moved on", row.id)
-                s.execute(update(SS).where(SS.id == row.id).values(
-                    last_error=f"sent; moving the campaign on failed: {exc}"[:2000]))
+            self._sent_follow_on(s, now, row, sent_at, message_id)
 
         self._why[held.claim.id] = f"accepted by the provider as {sent.provider_id}"
         ok = self._write(held, _sent_values(row, message_id, sent, draft, sent_at, now),
                          finish=True, then=follow_on)
         return "sent" if ok else "lost"
+
+    def _sent_follow_on(self, s: Session, now: datetime, row: ScheduledSend,
+                        sent_at: datetime, message_id: str) -> None:
+        """What a sent email causes; a campaign or task that cannot take it never undoes it."""
+        if row.enrollment_step_id is None and row.task_id is None:
+            record_many(s, [_sent_event(row, sent_at)])  # a plain send: its feed event
+            return
+        try:
+            with s.begin_nested():
+                self._after_sent(s, row, sent_at, message_id, now)
+        except Exception as exc:  # reported on the row and logged, not swallowed
+            log.exception("send %d was sent but its campaign or task could not be moved on",
+                          row.id)
+            s.execute(update(SS).where(SS.id == row.id).values(
+                last_error=f"sent; moving the campaign on failed: {exc}"[:2000]))
 
     def _after_sent(self, s: Session, row: ScheduledSend, sent_at: datetime, message_id: str,
                     now: datetime) -> None:
