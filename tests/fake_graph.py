@@ -127,6 +127,11 @@ def _handler(state: GraphState, prefix: str) -> type[BaseHTTPRequestHandler]:
                 token = query.get("page", ["0"])[0]
                 page = pages[int(token)] if pages else {"value": []}
                 return self._reply(200, page)
+            if method == "DELETE" and len(segs) == 3 and segs[1] == "messages":
+                if state.messages.pop(segs[2], None) is None:
+                    return self._reply(404, {"error": {"code": "ErrorItemNotFound",
+                                                       "message": "not found"}})
+                return self._reply(204)
             return self._reply(400, {"error": {"code": "BadRequest",
                                                "message": f"no route {method} {path}"}})
 
@@ -143,6 +148,9 @@ def _handler(state: GraphState, prefix: str) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._handle("POST")
+
+        def do_DELETE(self) -> None:
+            self._handle("DELETE")
 
     return Handler
 

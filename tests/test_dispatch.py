@@ -276,24 +276,49 @@ def test_daily_limit_pauses_the_mailbox_for_24_hours(
     assert sorted(fake.deliveries().values()) == [1, 1, 1]
 
 
-def test_transient_429_is_reconciled_then_sent_once_after_retry_after(
+def test_transient_429_on_send_is_retried_from_its_draft_after_retry_after(
         app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
         fake: FakeTransport):
-    """Is a 429 on send made uncertain, reconciled (draft still there) and retried later?"""
+    """Is a 429 on send (refused, so not sent) retried from its draft after Retry-After?
+
+    It goes back to `drafted`, never through `uncertain`, and is sent once later.
+    """
     [send_id] = plain_sends(session, world.rep, now, 1)
     fake.retry_after = 30
     fake.script["send"] = ["429"]
-    assert make_dispatcher(app, fake, clock).run_once().uncertain == 1
+    result = make_dispatcher(app, fake, clock).run_once()
+    assert (result.retried, result.uncertain) == (1, 0)
     [row] = rows(session)
-    assert row.status is SendStatus.UNCERTAIN and row.next_attempt_at == now + timedelta(
+    assert row.status is SendStatus.DRAFTED and row.next_attempt_at == now + timedelta(
         seconds=30)
+    assert row.retries == 1 and row.lease_token is None and "429" in (row.last_error or "")
     assert make_dispatcher(app, fake, clock).run_once().claimed == 0  # honours Retry-After
     clock.advance(30)
     result = make_dispatcher(app, fake, clock).run_once()
-    assert result.rescheduled == 1 and result.sent == 1
+    assert result.sent == 1
     ops = [c.op for c in fake.calls]
-    assert ops == ["draft", "send", "reconcile", "send"]  # the draft is reused
+    assert ops == ["draft", "send", "send"]  # the draft is reused, nothing reconciled
     assert fake.deliveries() == {send_id: 1}
+
+
+def test_transient_send_errors_give_up_after_max_retries(
+        app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
+        fake: FakeTransport):
+    """Do repeated 503s on send end `failed` after max_retries, never `uncertain`?"""
+    plain_sends(session, world.rep, now, 1)
+    fake.mode["send"] = "503"
+    d = make_dispatcher(app, fake, clock, backoff=Backoff(base=10, cap=600, max_retries=3))
+    seen = []
+    for _ in range(3):
+        d.run_once()
+        [row] = rows(session)
+        seen.append(row.status)
+        if row.next_attempt_at is not None:
+            clock.moment = row.next_attempt_at
+    assert seen == [SendStatus.DRAFTED, SendStatus.DRAFTED, SendStatus.FAILED]
+    [row] = rows(session)
+    assert "gave up after 3 attempts" in (row.reason or "")
+    assert fake.deliveries() == {}
 
 
 def test_draft_errors_back_off_with_jitter_and_give_up(
@@ -377,19 +402,43 @@ def test_too_little_lease_left_means_no_provider_call(
         fake: FakeTransport):
     """Does a worker stalled to within the margin of its lease's end refuse to send?
 
-    It stalls after marking `sending`; the email is then reconciled and sent exactly once.
+    It stalls once after marking `sending`: no call; the row goes back to `drafted` (never
+    `uncertain`), and is sent exactly once from its draft when claimed again.
     """
+    [send_id] = plain_sends(session, world.rep, now, 1)
+    stalls = []
+
+    def stall(point: str) -> None:
+        if point == "after_sending" and not stalls:
+            stalls.append(point)
+            clock.advance(LEASE.total_seconds() - 5)  # 5 s left, margin 10 s
+
+    result = make_dispatcher(app, fake, clock, crash=stall, max_batches=1).run_once()
+    assert (result.returned, result.sent, result.uncertain) == (1, 0, 0)
+    assert [c.op for c in fake.calls] == ["draft"]
+    [row] = rows(session)
+    assert row.status is SendStatus.DRAFTED and row.lease_token is None and row.draft_id
+    result = make_dispatcher(app, fake, clock).run_once()
+    assert (result.swept, result.sent) == (0, 1)
+    assert [c.op for c in fake.calls] == ["draft", "send"]
+    assert fake.deliveries() == {send_id: 1}
+
+
+def test_a_stall_past_the_whole_lease_is_reconciled_not_resent(
+        app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
+        fake: FakeTransport):
+    """A worker stalled past its whole lease while `sending`: no call, no write; reconciled."""
     [send_id] = plain_sends(session, world.rep, now, 1)
 
     def stall(point: str) -> None:
         if point == "after_sending":
-            clock.advance(LEASE.total_seconds() - 5)  # 5 s left, margin 10 s
+            clock.advance(LEASE.total_seconds() + 1)
 
-    assert make_dispatcher(app, fake, clock, crash=stall).run_once().lost == 1
+    assert make_dispatcher(app, fake, clock, crash=stall, max_batches=1).run_once().lost == 1
     assert [c.op for c in fake.calls] == ["draft"]
-    clock.advance(10)
-    d = make_dispatcher(app, fake, clock)
-    result = d.run_once()
+    [row] = rows(session)
+    assert row.status is SendStatus.SENDING
+    result = make_dispatcher(app, fake, clock).run_once()
     assert (result.swept, result.rescheduled, result.sent) == (1, 1, 1)
     assert [c.op for c in fake.calls] == ["draft", "reconcile", "send"]
     assert fake.deliveries() == {send_id: 1}

@@ -118,7 +118,8 @@ def test_reconcile_gone_and_not_found():
     (err(403, "userRateLimitExceeded", "User-rate limit exceeded"), TransientError, True),
     (err(403, "dailyLimitExceeded", "Daily Limit Exceeded"), DailyLimitError, True),
     (err(400, "failedPrecondition", "Mail sending limit exceeded"), DailyLimitError, True),
-    (err(503, "backendError"), OutcomeUnknown, True),
+    ([err(503, "backendError"), err(404, "notFound")], OutcomeUnknown, True),
+    ([err(503, "backendError"), ok({"id": "r-1"})], TransientError, True),
     (err(503, "backendError"), TransientError, False),
     (err(400, "invalidArgument", "Invalid To header"), PermanentError, True),
     (err(404, "notFound"), OutcomeUnknown, True),
@@ -126,14 +127,20 @@ def test_reconcile_gone_and_not_found():
     (err(403, "insufficientPermissions", "Insufficient Permission"), ReauthRequired, False),
 ])
 def test_errors_are_typed(response, error, sending):
-    """Is each Gmail answer turned into the transport error the dispatcher acts on?"""
-    t, _ = gmail([response])
+    """Is each Gmail answer turned into the transport error the dispatcher acts on?
+
+    A 5xx to drafts.send is followed by a look at the draft: still there, it was provably
+    not sent (retried); gone, nobody knows.
+    """
+    responses = list(response) if isinstance(response, list) else [response]
+    retry_after = responses[0][0].get("retry-after")
+    t, _ = gmail(responses)
     with pytest.raises(error) as exc:
         if sending:
             t.send_draft(Draft("r-1"), message())
         else:
             t.create_draft(message())
-    if response[0].get("retry-after"):
+    if retry_after:
         assert exc.value.retry_after == 7.0
 
 
@@ -197,3 +204,18 @@ def test_a_timeout_on_send_is_an_unknown_outcome_and_elsewhere_transient():
         t.send_draft(draft, message())
     with pytest.raises(TransientError):
         t.create_draft(message())
+
+
+def test_earlier_drafts_of_an_email_are_found_by_message_id_and_deleted():
+    """Does delete_drafts search drafts by rfc822msgid and delete each one found?"""
+    msg = message()
+    t, http = gmail([ok({"drafts": [{"id": "r-7", "message": {"id": "m-7"}}]}),
+                     ({"status": "204"}, "")])
+    assert t.delete_drafts(msg.message_id) == 1
+    method, url, query, _ = request(http, 0)
+    assert (method, url) == ("GET", f"{BASE}/drafts")
+    assert query["q"] == [f"rfc822msgid:{msg.message_id}"]
+    method, url, _query, _ = request(http, 1)
+    assert (method, url) == ("DELETE", f"{BASE}/drafts/r-7")
+    t, _ = gmail([ok({"resultSizeEstimate": 0})])
+    assert t.delete_drafts(msg.message_id) == 0

@@ -42,7 +42,10 @@ def transport(smtp, imap, password="right-password"):
 
 
 def test_draft_send_files_in_sent_and_reconciles(smtp_port):
-    """Is the draft APPENDed, sent, filed in Sent, removed from Drafts, and found again?"""
+    """Is the draft APPENDed, sent, filed in Sent, removed from Drafts, and found again?
+
+    Filing (the Sent copy, the draft removed) happens in after_sent, once `sent` is recorded.
+    """
     port, sink = smtp_port
     with fake_imap() as (imap_port, state):
         t = transport(port, imap_port)
@@ -53,6 +56,8 @@ def test_draft_send_files_in_sent_and_reconciles(smtp_port):
         assert t.reconcile(msg, draft).outcome is Outcome.UNKNOWN
         t.send_draft(draft, msg)
         assert len(sink.received) == 1
+        assert state.folders["Sent"].messages == {}  # filed once the send is recorded
+        t.after_sent(msg)
         assert state.folders["Drafts"].messages == {}
         [(raw, flags)] = state.folders["Sent"].messages.values()
         assert msg.message_id.encode() in raw and "\\Seen" in flags
@@ -181,3 +186,17 @@ def test_a_dropped_imap_connection_is_not_used_again_in_its_group(smtp_port):
         # Outside a scope each use has its own connection, as before.
         t.reconcile(message(send_id=44), None)
         assert logins(state) == 3
+
+
+def test_earlier_imap_drafts_are_removed_by_message_id(smtp_port):
+    """Does delete_drafts remove exactly the IMAP drafts carrying the given Message-ID?"""
+    port, _sink = smtp_port
+    with fake_imap() as (imap_port, state):
+        t = transport(port, imap_port)
+        msg = message(send_id=41)
+        t.create_draft(msg)
+        t.create_draft(message(send_id=42))
+        assert t.delete_drafts(msg.message_id) == 1
+        [(raw, _flags)] = state.folders["Drafts"].messages.values()
+        assert msg.message_id.encode() not in raw
+        assert t.delete_drafts(msg.message_id) == 0

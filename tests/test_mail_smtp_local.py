@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import default
@@ -356,3 +357,58 @@ def test_smtp_silent_kept_connection_is_transient_not_resent(smtp_server):
     with pytest.raises(TransientError, match="before DATA"):
         t.send_draft(Draft("d"), message(send_id=2))
     assert t.connections_opened == 1 and t._session is None and len(sink.received) == 1
+
+
+def scripted_server(replies: list[bytes]) -> tuple[int, threading.Thread, socket.socket]:
+    """A one-connection SMTP server on 127.0.0.1 that sends ``replies`` in order.
+
+    The first reply is the greeting; each later one answers one command line. It stops by
+    itself after the last reply (closing the connection).
+    """
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(10)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.sendall(replies[0])
+            buf = b""
+            for reply in replies[1:]:
+                while b"\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                _line, buf = buf.split(b"\r\n", 1)
+                conn.sendall(reply)
+        srv.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv.getsockname()[1], thread, srv
+
+
+def test_smtp_4xx_greeting_is_transient():
+    """Is a server that greets with 421 (nothing could be taken) a transient error?"""
+    port, thread, _srv = scripted_server([b"421 4.3.2 Service not available\r\n"])
+    t = SmtpTransport(SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5))
+    with pytest.raises(TransientError, match="421"):
+        t.send_draft(Draft("d"), message())
+    thread.join(5)
+
+
+@pytest.mark.parametrize("answer,error", [
+    (b"451 4.3.0 Not now\r\n", TransientError),
+    (b"554 5.3.4 No\r\n", PermanentError),
+])
+def test_smtp_refusal_of_the_data_command_is_known(answer, error):
+    """Is a refusal of the DATA command itself (before the body left) retried or failed?"""
+    port, thread, _srv = scripted_server([
+        b"220 hi\r\n", b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", answer, b"221 bye\r\n"])
+    t = SmtpTransport(SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5))
+    with pytest.raises(error, match=r"SMTP DATA: " + answer[:3].decode()):
+        t.send_draft(Draft("d"), message())
+    thread.join(5)

@@ -3,23 +3,44 @@
 States (``SEND_TRANSITIONS`` in :mod:`server.mail.models`)::
 
     scheduled → claimed → drafted → sending → sent
-                   ↘ (transient)  ↘ (unknown outcome) uncertain → sent | scheduled | needs_attention
+                   ↘ (refused: retried)  ↖ (refused, or never started)
+                                          ↘ (unknown outcome) uncertain → sent | scheduled
+                                                                         | needs_attention
     any step → failed (permanent error, or too many transient ones)
 
-**The send protocol.** A claimed row is drafted at the provider and the draft id is committed
-(fenced by the lease, renewing it); the row is marked ``sending`` and committed in the same
-transaction that takes its slot of the mailbox's pace; only then is the draft sent, and the
-result committed as ``sent`` together with what follows from it (the campaign moves on through
-:func:`server.campaigns.progress.send_finished`, a task email completes its task). Every
-provider call happens only after a committed fenced write and only while at least
-``margin`` of that lease remains, so a worker that stalled past its lease calls nothing and,
-since every write is fenced by the lease token, writes nothing either.
+**The send protocol.** The Message-ID of a claimed row is committed before its first draft
+is made, so every draft of the email carries the same one (an earlier attempt's draft is
+found by it and removed before drafting again). The draft id is committed (fenced by the
+lease, renewing it). Then the rows of a group are sent **one at a time**: the group's pace
+slots are taken in one durable transaction that also marks its first row ``sending``; each
+provider answer is recorded in the durable transaction that also marks the next row
+``sending`` — ``sent`` together with what follows from it (the campaign moves on through
+:func:`server.campaigns.progress.send_finished`, a task email completes its task). So an
+email the provider accepted is recorded at once, and at most one row per worker is ever
+``sending``. Every provider call happens only after a committed fenced write and only while
+at least ``margin`` of that lease remains, so a worker that stalled past its lease calls
+nothing and, since every write is fenced by the lease token, writes nothing either.
 
-**Unknown outcomes are reconciled, never guessed.** A send whose answer was lost (timeout,
-dropped connection, 5xx or 429 after the request left, a worker killed while ``sending``)
-becomes ``uncertain``; before anything is retried the transport is asked: the draft still
-exists → not sent → ``scheduled`` again (reusing the draft); found in Sent → ``sent``; not
-known → ``needs_attention``.
+**Refusals are retried, unknown outcomes reconciled.** A refusal after which the provider
+cannot have taken the email (``TransientError``: an SMTP 4xx to any command or to the end of
+the data, a connection lost before the end of the data, a Gmail/Graph 429, or a 5xx whose
+draft is provably still there) sends the row back to ``drafted`` (its draft kept) with a
+backoff, up to ``SEND_MAX_RETRIES``; a ``PermanentError`` fails it. Only an answer lost after
+the request may have been acted on (``OutcomeUnknown``: a connection lost after the end of
+the data, a worker killed while ``sending``) makes it ``uncertain``; before anything is
+retried the transport is asked: the draft still exists → not sent → ``scheduled`` again
+(reusing the draft); found in Sent → ``sent``; not known → ``needs_attention``, with a
+reason that fits the mailbox (an SMTP-only mailbox has no Sent folder to check).
+
+**Never started means given back.** Rows of a group whose provider call never started — a
+stop was requested (``stop_requested``), the mailbox refused (daily limit, credential), too
+little lease was left — go back with their lease released: ``drafted`` rows stay
+``drafted`` (their draft kept), ``claimed`` ones become ``scheduled``; never ``uncertain``.
+
+Each outcome is logged on ``relay.dispatch`` as one line: ``send outcome send=<id>
+mailbox=<owner id> provider=<smtp|google|microsoft|outbox|sink> outcome=<sent|retried|failed|
+uncertain|needs_attention|deferred|returned|lost> reason="<short>" attempt=<n>`` (INFO;
+WARNING for failures).
 
 **Expired leases** (a worker died): ``claimed`` → ``scheduled`` (sweep); ``drafted`` →
 claimed again and resumed from its draft; ``sending`` → ``uncertain`` (sweep).
@@ -42,7 +63,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email.utils import formataddr
+from email.utils import formataddr, parseaddr
 from typing import Any, Protocol
 
 from sqlalchemy import and_, case, func, or_, select, text, update
@@ -66,7 +87,12 @@ from server.db import utcnow
 from server.feed.models import EventKind
 from server.feed.service import record, record_many
 from server.mail import pacing
-from server.mail.headers import RELAY_MESSAGE_ID, HeaderError, build_message
+from server.mail.headers import (
+    RELAY_MESSAGE_ID,
+    HeaderError,
+    build_message,
+    new_message_id,
+)
 from server.mail.models import (
     SEND_TRANSITIONS,
     MailboxPace,
@@ -138,6 +164,18 @@ class Crash(BaseException):
 
 def no_crash(point: str) -> None:
     """The crash hook of production: does nothing."""
+
+
+def _never() -> bool:
+    return False
+
+
+#: Outcome names as the ``send outcome`` log line says them, and the ones logged as WARNING.
+_LOGGED = {"rescheduled": "retried", "waiting": "returned"}
+_WARN = frozenset({"failed", "uncertain", "needs_attention", "lost", "retried"})
+_PROVIDERS = {"gmail": "google", "graph": "microsoft"}
+#: What the sweep writes on a row whose worker's lease ran out while it was ``sending``.
+_SWEPT = "the worker's lease ran out while sending"
 
 
 def env_crash_hook(environ: Mapping[str, str] | None = None) -> Callable[[str], None]:
@@ -227,11 +265,10 @@ class DispatchResult:
     rescheduled: int = 0
     needs_attention: int = 0
     deferred: int = 0
+    returned: int = 0
     lost: int = 0
     swept: int = 0
     waiting: int = 0
-    #: Claimed but not started when the worker was asked to stop: handed back unclaimed.
-    returned: int = 0
 
     def add(self, outcome: str) -> None:
         """Count one row's outcome."""
@@ -314,12 +351,17 @@ class Dispatcher:
         self.clock = clock or SystemClock()
         self.draw = draw or random.random
         self.crash = crash or no_crash
-        #: Asked between groups: when it returns true the pass ends, and the rows claimed
-        #: but not started are handed back (``relay worker`` on SIGTERM).
-        self.stop_requested = stop_requested or (lambda: False)
+        #: Asked before each provider call and between groups: when it says True, nothing
+        #: new starts, unstarted rows go back, and ``run_once`` returns (``relay worker`` on
+        #: SIGTERM).
+        self.stop_requested: Callable[[], bool] = stop_requested or _never
         #: Told ``(outcome, provider kind)`` of every row processed (metrics).
         self.on_outcome = on_outcome
         self._kinds: dict[int, str] = {}
+        self._joined: tuple[Session, datetime] | None = None
+        self._why: dict[int, str] = {}
+        self._rows: dict[int, tuple[ScheduledSend, Transport | None]] = {}
+        self._minted: set[int] = set()
         self._transports: dict[int, Transport | None] = {}
         self._boxes: dict[int, _Box] = {}
         self._caps: dict[int, int | None] = {}
@@ -396,7 +438,7 @@ class Dispatcher:
         result = DispatchResult()
         result.swept = self.sweep()
         for _ in range(self.settings.max_batches):
-            if self.stop_requested():
+            if self._stopping():
                 break
             held = self.claim_batch()
             if not held:
@@ -405,8 +447,12 @@ class Dispatcher:
             self.crash("after_claim")
             size = max(self.settings.group, 1)
             for i in range(0, len(held), size):
-                if self.stop_requested():
-                    result.returned += self.hand_back(held[i:])
+                if self._stopping():
+                    # A stop between groups: the rest of the batch goes back unstarted.
+                    back: dict[int, str] = {}
+                    self._give_back(held[i:], back)
+                    for outcome in back.values():
+                        result.add(outcome)
                     return result
                 group = held[i:i + size]
                 outcomes = self._process_group_scoped(group)
@@ -421,27 +467,6 @@ class Dispatcher:
             return
         for held, outcome in zip(helds, outcomes, strict=True):
             self.on_outcome(outcome, self._kinds.get(held.claim.id, "none"))
-
-    def hand_back(self, helds: list[_Held]) -> int:
-        """Give claimed rows that were not started back, as if never claimed (one statement).
-
-        ``claimed`` → ``scheduled``; ``drafted`` and ``uncertain`` rows keep their state (and
-        draft). The lease is released (a restarted worker claims them at once) and the claim's
-        attempt is not counted. Fenced: a row no longer ours is left alone. Returns how many
-        were handed back.
-        """
-        if not helds:
-            return 0
-        now = self.clock.now()
-        values = {"status": case((SS.status == SendStatus.CLAIMED, SendStatus.SCHEDULED.value),
-                                 else_=SS.status),
-                  "lease_token": None, "lease_expires_at": None,
-                  "attempts": SS.attempts - 1, "updated_at": now}
-        with self._tx() as s:
-            kept = fenced_update_many(s, SS, [(h.claim, values) for h in helds], now=now)
-        if kept:
-            log.info("stopping: handed back %d claimed emails not yet started", len(kept))
-        return len(kept)
 
     def sweep(self) -> int:
         """Expired leases: ``claimed`` → ``scheduled``, ``sending`` → ``uncertain``."""
@@ -577,32 +602,46 @@ class Dispatcher:
             return self.process_group(helds)
 
     def process_group(self, helds: list[_Held]) -> list[str]:
-        """Move a group of claimed rows through the send protocol together.
+        """Move a group of claimed rows through the send protocol; one outcome per row.
 
-        The protocol is the same as for one row — the draft ids are committed before anyone
-        is marked ``sending``, ``sending`` is committed (durably, with the pace slots)
-        before any provider send, and ``sent`` is committed after — but each step's writes
-        for the whole group share one transaction. A crash in the middle leaves each row in
-        a state the sweep and reconciliation already handle. Returns one outcome per row.
+        The draft ids of the group are committed together before anything is sent. Then the
+        group's pace slots are taken in one durable transaction that also marks the first row
+        ``sending``; each later row is marked ``sending`` in the durable transaction that
+        records the outcome of the one before it, so at most one row of a worker is ever
+        ``sending`` and an email the provider accepted is recorded at once. Rows whose
+        provider call never started (a stop was requested, the mailbox refused, too little
+        lease was left) go back to ``drafted`` (or ``scheduled``) with their lease released.
+        A crash in the middle leaves each row in a state the sweep and reconciliation handle.
         """
         outcomes: dict[int, str] = {}
         jobs: list[_Job] = []
+        back: list[_Held] = []
+        self._minted = set()
         for held, row, transport, content in self._load(helds):
             key = held.claim.id
             if row is None:
-                outcomes[key] = "lost"
+                self._why[key] = "the lease was lost"
+                self._record(outcomes, held, None, None, "lost")
             elif transport is None:
                 # The mailbox went away since the claim: put the row back to wait.
-                back = (SendStatus.SCHEDULED if row.status is SendStatus.CLAIMED
-                        else row.status)
-                self._write(held, {"status": back}, finish=True)
-                outcomes[key] = "waiting"
+                back_to = (SendStatus.SCHEDULED if row.status is SendStatus.CLAIMED
+                           else row.status)
+                self._write(held, {"status": back_to}, finish=True)
+                self._why[key] = "no connected mailbox"
+                self._record(outcomes, held, row, None, "waiting")
+            elif self._stopping():
+                back.append(held)
+                self._rows[key] = (row, transport)
             elif row.status is SendStatus.UNCERTAIN:
-                outcomes[key] = self._reconcile(held, row, transport, content)
+                self._record(outcomes, held, row, transport,
+                             self._reconcile(held, row, transport, content))
             else:
                 job = self._draft(held, row, transport, content)
-                if isinstance(job, str):
-                    outcomes[key] = job
+                if job == "back":
+                    back.append(held)
+                    self._rows[key] = (row, transport)
+                elif isinstance(job, str):
+                    self._record(outcomes, held, row, transport, job)
                 else:
                     jobs.append(job)
         fresh = [j for j in jobs if j.values is not None]
@@ -612,61 +651,264 @@ class Dispatcher:
                 if job.held.claim.id in kept:
                     job.status = SendStatus.DRAFTED
                 else:
-                    outcomes[job.held.claim.id] = "lost"
+                    self._why[job.held.claim.id] = "the lease was lost after drafting"
+                    self._record(outcomes, job.held, job.row, job.transport, "lost")
             jobs = [j for j in jobs if j.held.claim.id not in outcomes]
             self.crash("after_draft")
-        sending = self._mark_sending(jobs)
+        self._send_group(jobs, outcomes)
+        if back:
+            self._give_back(back, outcomes)
+        return [outcomes[h.claim.id] for h in helds]
+
+    def _stopping(self) -> bool:
+        """Whether the worker was asked to stop (nothing new is started then)."""
+        return bool(self.stop_requested())
+
+    def _record(self, outcomes: dict[int, str], held: _Held, row: ScheduledSend | None,
+                transport: Transport | None, outcome: str) -> None:
+        """Keep a row's outcome and write its ``send outcome`` log line."""
+        key = held.claim.id
+        outcomes[key] = outcome
+        reason = self._why.pop(key, "") or ""
+        if row is None and key in self._rows:
+            row, transport = self._rows[key]
+        self._rows.pop(key, None)
+        word = _LOGGED.get(outcome, outcome)
+        level = logging.WARNING if word in _WARN else logging.INFO
+        kind = getattr(transport, "kind", None)
+        provider = _PROVIDERS.get(kind, kind) if kind else "-"
+        short = " ".join(reason.split())[:200].replace("\\", "\\\\").replace('"', '\\"')
+        log.log(level, 'send outcome send=%d mailbox=%s provider=%s outcome=%s reason="%s" '
+                'attempt=%s', key, row.owner_id if row is not None else "-", provider, word,
+                short, row.attempts if row is not None else "-")
+
+    def _send_group(self, jobs: list[_Job], outcomes: dict[int, str]) -> None:
+        """Send the drafted rows of a group one at a time (see :meth:`process_group`)."""
+        if not jobs:
+            return
         for job in jobs:
-            marked = sending[job.held.claim.id]
-            if marked == "lost":
-                outcomes[job.held.claim.id] = "lost"
-            elif isinstance(marked, datetime):
-                # No slot now: wait, still drafted, until the pace or the cap allows it.
-                if job.status is SendStatus.CLAIMED:
-                    _check(job.status, SendStatus.DRAFTED)
-                ok = self._write(job.held, {"status": SendStatus.DRAFTED,
-                                            "next_attempt_at": marked}, finish=True)
-                outcomes[job.held.claim.id] = "deferred" if ok else "lost"
-        jobs = [j for j in jobs if j.held.claim.id not in outcomes]
-        if jobs:
-            self.crash("after_sending")
-        done: list[tuple[_Job, Sent]] = []
+            self._rows[job.held.claim.id] = (job.row, job.transport)
+        if self._stopping():
+            self._give_back([j.held for j in jobs], outcomes)
+            return
+        queue: list[_Job] = []
         refused: dict[int, TransportError] = {}
-        for job in jobs:
+        now = self.clock.now()
+        with self._joined_tx(now, durable=True) as s:
+            by_owner: dict[int, list[_Job]] = {}
+            for job in sorted(jobs, key=lambda j: (j.row.owner_id, j.row.id)):
+                _check(job.status, SendStatus.SENDING)
+                by_owner.setdefault(job.row.owner_id, []).append(job)
+            waits: dict[int, datetime] = {}
+            for owner_jobs in by_owner.values():
+                slots = self._reserve(s, owner_jobs, now)
+                for job, until in zip(owner_jobs, slots, strict=True):
+                    if until is not None:
+                        waits[job.held.claim.id] = until
+            for job in jobs:
+                until = waits.get(job.held.claim.id)
+                if until is None:
+                    queue.append(job)
+                    continue
+                # No slot now: wait, still drafted, until the pace or the cap allows it.
+                ok = self._write(job.held, {"status": SendStatus.DRAFTED,
+                                            "next_attempt_at": until}, finish=True)
+                self._why[job.held.claim.id] = f"pace or daily cap: next slot at {until}"
+                self._record(outcomes, job.held, job.row, job.transport,
+                             "deferred" if ok else "lost")
+            current = self._next_sending(s, now, queue, refused, outcomes)
+        while current is not None:
+            current = self._send_one(current, queue, refused, outcomes)
+
+    def _send_one(self, job: _Job, queue: list[_Job], refused: dict[int, TransportError],
+                  outcomes: dict[int, str]) -> _Job | None:
+        """Send the row marked ``sending``; returns the next row marked ``sending``, if any.
+
+        Its outcome and the marking of the next row are committed in one transaction.
+        """
+        key = job.held.claim.id
+        self.crash("after_sending")
+        result: Sent | TransportError | None = None
+        if not self._fresh(job.held):
+            # Stalled past the margin: no call. Back to drafted while the lease is ours
+            # (else the sweep makes it uncertain and reconciliation finds the draft).
+            log.warning("send %d: too little of the lease is left to send; not sending", key)
+        else:
+            try:
+                result = job.transport.send_draft(job.draft, job.message)
+            except TransportError as exc:
+                result = exc
+            else:
+                self.crash("after_provider_send")
+                # A send made just now is dated by the dispatcher's clock (the transport's
+                # own reading is the same wall clock in production, not the pass's moment).
+                result = replace(result, sent_at=None)
+        now = self.clock.now()
+        with self._joined_tx(now, durable=bool(queue)) as s:
+            if (isinstance(result, Sent) and queue and not self._stopping()
+                    and queue[0].row.owner_id not in refused):
+                # The common case in one statement: this row sent, the next one sending.
+                nxt: _Job | None = self._sent_and_next(s, now, job, result, queue, outcomes)
+            else:
+                outcome = self._settle(job, result, refused)
+                self._record(outcomes, job.held, job.row, job.transport, outcome)
+                nxt = None
+            if nxt is None:
+                nxt = self._next_sending(s, now, queue, refused, outcomes)
+        if isinstance(result, Sent):
+            after = getattr(job.transport, "after_sent", None)
+            if after is not None:
+                try:
+                    after(job.message)
+                except Exception:  # noqa: BLE001 - the email left; filing it is best effort
+                    log.exception("send %d: sent, but filing it afterwards failed", key)
+        return nxt
+
+    def _settle(self, job: _Job, result: Sent | TransportError | None,
+                refused: dict[int, TransportError]) -> str:
+        """Record what the provider answered for a ``sending`` row (in the joined transaction)."""
+        held, row = job.held, job.row
+        if result is None:
+            _check(SendStatus.SENDING, SendStatus.DRAFTED)
+            self._why[held.claim.id] = "too little of the lease was left to send"
+            ok = self._write(held, {"status": SendStatus.DRAFTED}, finish=True)
+            return "returned" if ok else "lost"
+        if isinstance(result, Sent):
+            return self._mark_sent(held, row, job.message.message_id, result, job.draft)
+        if isinstance(result, TransientError):
+            # Refused before it could have been taken: retried from its draft.
+            return self._retry(held, row, SendStatus.SENDING, result,
+                               back_to=SendStatus.DRAFTED)
+        if isinstance(result, PermanentError):
+            return self._fail(held, row, SendStatus.SENDING, result.reason)
+        if isinstance(result, DailyLimitError | ReauthRequired):
+            # Refused before anything left: back to drafted, the mailbox paused.
+            refused[row.owner_id] = result
+            return self._pause(held, row, SendStatus.SENDING, result)
+        return self._unsure(held, row, result)
+
+    def _sent_and_next(self, s: Session, now: datetime, job: _Job, sent: Sent,
+                       queue: list[_Job], outcomes: dict[int, str]) -> _Job | None:
+        """Record ``job`` sent and mark the next row of ``queue`` ``sending`` (one statement).
+
+        Returns that next row when it is still ours.
+        """
+        nxt = queue.pop(0)
+        _check(nxt.status, SendStatus.SENDING)
+        row, message_id = job.row, job.message.message_id
+        sent_at = sent.sent_at or now
+        kept = fenced_update_many(s.connection(), SS, [  # type: ignore[arg-type]
+            (job.held.claim, {**_sent_values(row, message_id, sent, job.draft, sent_at, now),
+                              "lease_token": None, "lease_expires_at": None}),
+            (nxt.held.claim, {"status": SendStatus.SENDING, "updated_at": now,
+                              "lease_expires_at": now + self.settings.lease})], now=now)
+        self._why[job.held.claim.id] = f"accepted by the provider as {sent.provider_id}"
+        if row.id in kept:
+            self._sent_follow_on(s, now, row, sent_at, message_id)
+            self._record(outcomes, job.held, row, job.transport, "sent")
+        else:
+            log.warning("send %d: lease lost, leaving it to its new holder", row.id)
+            self._record(outcomes, job.held, row, job.transport, "lost")
+        if nxt.held.claim.id not in kept:
+            log.warning("send %d: lease lost before sending", nxt.held.claim.id)
+            self._why[nxt.held.claim.id] = "the lease was lost before sending"
+            self._record(outcomes, nxt.held, nxt.row, nxt.transport, "lost")
+            return None
+        nxt.held.expires_at = now + self.settings.lease
+        nxt.status = SendStatus.SENDING
+        self._renew([j.held for j in queue], s, now, outcomes)
+        queue[:] = [j for j in queue if j.held.claim.id not in outcomes]
+        return nxt
+
+    def _next_sending(self, s: Session, now: datetime, queue: list[_Job],
+                      refused: dict[int, TransportError], outcomes: dict[int, str]
+                      ) -> _Job | None:
+        """Mark the next row of ``queue`` ``sending`` (fenced, renewing its lease).
+
+        Rows of a mailbox that refused a moment ago wait for its pause; when a stop is
+        requested, every row left goes back. The leases of the rows still waiting are
+        renewed when half of them is gone. Runs in the caller's transaction.
+        """
+        while queue:
+            if self._stopping():
+                self._give_back([j.held for j in queue], outcomes)
+                queue.clear()
+                return None
+            job = queue.pop(0)
             key = job.held.claim.id
             if job.row.owner_id in refused:
                 # The mailbox refused a moment ago (daily limit, credential): not sent.
-                outcomes[key] = self._pause(job.held, job.row, SendStatus.SENDING,
-                                            refused[job.row.owner_id])
+                self._record(outcomes, job.held, job.row, job.transport,
+                             self._pause(job.held, job.row, job.status,
+                                         refused[job.row.owner_id], quiet=True))
                 continue
-            if not self._fresh(job.held):
-                # Stalled past the margin: no call; the sweep makes it uncertain,
-                # reconciliation finds the draft and schedules it again.
-                log.warning("send %d: too little of the lease is left to send; not sending",
-                            key)
-                outcomes[key] = "lost"
-                continue
+            if fenced_update(s.connection(), SS, job.held.claim, now=now,  # type: ignore[arg-type]
+                             values={"status": SendStatus.SENDING, "updated_at": now},
+                             extend=self.settings.lease):
+                job.held.expires_at = now + self.settings.lease
+                job.status = SendStatus.SENDING
+                self._renew([j.held for j in queue], s, now, outcomes)
+                queue[:] = [j for j in queue if j.held.claim.id not in outcomes]
+                return job
+            log.warning("send %d: lease lost before sending", key)
+            self._why[key] = "the lease was lost before sending"
+            self._record(outcomes, job.held, job.row, job.transport, "lost")
+        return None
+
+    def _renew(self, helds: list[_Held], s: Session, now: datetime,
+               outcomes: dict[int, str]) -> None:
+        """Renew the leases of waiting rows of which half is gone (one statement)."""
+        due = [h for h in helds if h.expires_at - now < self.settings.lease / 2]
+        if not due:
+            return
+        kept = fenced_update_many(s, SS, [(h.claim, {}) for h in due], now=now,
+                                  extend=self.settings.lease)
+        for held in due:
+            if held.claim.id in kept:
+                held.expires_at = now + self.settings.lease
+            else:
+                self._why[held.claim.id] = "the lease was lost while waiting to send"
+                self._record(outcomes, held, None, None, "lost")
+
+    def _give_back(self, helds: list[_Held], outcomes: dict[int, str]) -> None:
+        """Unstarted claimed rows go back with their lease released (one fenced statement).
+
+        ``claimed`` → ``scheduled``; ``drafted`` and ``uncertain`` keep their state (and
+        their draft). Runs in the joined transaction when there is one.
+        """
+        if not helds:
+            return
+        back = case((SS.status == SendStatus.CLAIMED, SendStatus.SCHEDULED.value),
+                    else_=SS.status)
+
+        def run(s: Session, now: datetime) -> set[int]:
+            return fenced_update_many(s, SS, [
+                (h.claim, {"status": back, "lease_token": None, "lease_expires_at": None,
+                           # the claim's attempt is not counted: it was never started
+                           "attempts": SS.attempts - 1, "updated_at": now})
+                for h in helds], now=now)
+
+        if self._joined is not None:
+            kept = run(*self._joined)
+        else:
+            now = self.clock.now()
+            with self._tx() as s:
+                kept = run(s, now)
+        for held in helds:
+            key = held.claim.id
+            self._why[key] = ("a stop was requested" if key in kept
+                              else "the lease was lost before it could be given back")
+            self._record(outcomes, held, None, None, "returned" if key in kept else "lost")
+
+    @contextmanager
+    def _joined_tx(self, now: datetime, *, durable: bool) -> Iterator[Session]:
+        """One transaction that every ``_write`` inside joins (one commit for all of them)."""
+        with self._tx(durable=durable) as s:
+            self._joined = (s, now)
             try:
-                sent = job.transport.send_draft(job.draft, job.message)
-            except (TransientError, OutcomeUnknown) as exc:
-                outcomes[key] = self._unsure(job.held, job.row, exc)
-                continue
-            except PermanentError as exc:
-                outcomes[key] = self._fail(job.held, job.row, SendStatus.SENDING, exc.reason)
-                continue
-            except (DailyLimitError, ReauthRequired) as exc:
-                # Refused before anything left: back to drafted, the mailbox paused.
-                refused[job.row.owner_id] = exc
-                outcomes[key] = self._pause(job.held, job.row, SendStatus.SENDING, exc)
-                continue
-            self.crash("after_provider_send")
-            done.append((job, sent))
-        if done:
-            marked_sent = self._mark_sent_many(done)
-            for job, _sent in done:
-                key = job.held.claim.id
-                outcomes[key] = "sent" if key in marked_sent else "lost"
-        return [outcomes[h.claim.id] for h in helds]
+                yield s
+            finally:
+                self._joined = None
 
     def _load(self, helds: list[_Held]) -> list[tuple[_Held, ScheduledSend | None,
                                                        Transport | None,
@@ -711,7 +953,36 @@ class Dispatcher:
                 row.contact_name = (  # type: ignore[attr-defined]
                     f"{r.first_name or ''} {r.last_name or ''}".strip() or row.to_email)
                 out[row.id] = (held, row, transport, content)
+            self._mint(s, now, [(out[i][0], out[i][1], out[i][3]) for i in by_id])
         return [out[h.claim.id] for h in helds]
+
+    def _mint(self, s: Session, now: datetime,
+              items: list[tuple[_Held, ScheduledSend | None, Content | Problem | None]]
+              ) -> None:
+        """Give each row about to be drafted for the first time its Message-ID.
+
+        It is committed before any draft exists: every later draft of the email (after a
+        crash or a retry) carries the same one, so an earlier draft can always be found by it
+        and removed.
+        """
+        minted: list[tuple[_Held, ScheduledSend, str]] = []
+        for held, row, content in items:
+            if (row is None or not isinstance(content, Content) or row.message_id
+                    or row.draft_id or row.status is not SendStatus.CLAIMED):
+                continue
+            domain = parseaddr(content.sender)[1].rpartition("@")[2]
+            try:
+                minted.append((held, row, new_message_id(row.id, domain)))
+            except HeaderError:
+                continue  # building the email fails later, with its reason
+        if not minted:
+            return
+        kept = fenced_update_many(s, SS, [(h.claim, {"message_id": mid})
+                                          for h, _row, mid in minted], now=now)
+        for _held, row, mid in minted:
+            if row.id in kept:
+                row.message_id = mid
+                self._minted.add(row.id)
 
     def _draft(self, held: _Held, row: ScheduledSend, transport: Transport,
                content: Content | Problem | None) -> _Job | str:
@@ -727,7 +998,17 @@ class Dispatcher:
             return _Job(held, row, transport, message, Draft(row.draft_id, row.thread_id),
                         status)
         if not self._fresh(held):
-            return "lost"
+            return "back"  # too little lease left to start a call: given back unstarted
+        cleanup = getattr(transport, "delete_drafts", None)
+        if cleanup is not None and row.id not in self._minted:
+            # An earlier attempt may have created a draft and died before recording it:
+            # it carries this same Message-ID, so it is found and removed first.
+            try:
+                cleanup(message.message_id)
+            except (TransientError, OutcomeUnknown) as exc:
+                return self._retry(held, row, status, exc, back_to=SendStatus.SCHEDULED)
+            except TransportError as exc:
+                return self._refused(held, row, status, exc)
         try:
             draft = transport.create_draft(message)
         except (TransientError, OutcomeUnknown) as exc:
@@ -767,68 +1048,32 @@ class Dispatcher:
                then: Callable[[Session, datetime], None] | None = None) -> bool:
         """One fenced write (and ``then``, in the same transaction); False if the lease is lost.
 
-        ``finish`` releases the lease; otherwise the lease is renewed from now.
+        ``finish`` releases the lease; otherwise the lease is renewed from now. Inside
+        :meth:`_joined_tx` the write joins that transaction instead of committing its own.
         """
+        if self._joined is not None:
+            return self._apply(*self._joined, held, values, finish, then)
         now = self.clock.now()
         with self._tx() as s:
-            vals = {**values, "updated_at": now}
-            if finish:
-                ok = release(s, SS, held.claim, now=now, values=vals)
-            else:
-                ok = fenced_update(s, SS, held.claim, now=now, values=vals,
-                                   extend=self.settings.lease)
-            if not ok:
-                s.rollback()
-                log.warning("send %d: lease lost, leaving it to its new holder",
-                            held.claim.id)
-                return False
-            if then is not None:
-                then(s, now)
+            return self._apply(s, now, held, values, finish, then)
+
+    def _apply(self, s: Session, now: datetime, held: _Held, values: Mapping[str, Any],
+               finish: bool, then: Callable[[Session, datetime], None] | None) -> bool:
+        vals = {**values, "updated_at": now}
+        conn: Any = s.connection()  # Core execution: no ORM bookkeeping for one UPDATE
+        if finish:
+            ok = release(conn, SS, held.claim, now=now, values=vals)
+        else:
+            ok = fenced_update(conn, SS, held.claim, now=now, values=vals,
+                               extend=self.settings.lease)
+        if not ok:
+            log.warning("send %d: lease lost, leaving it to its new holder", held.claim.id)
+            return False
+        if then is not None:
+            then(s, now)
         if not finish:
             held.expires_at = now + self.settings.lease
         return True
-
-    def _mark_sending(self, jobs: list[_Job]) -> dict[int, str | datetime | None]:
-        """Mark rows ``sending`` and take their pace slots in one durable transaction.
-
-        Per row: None when marked, the moment a slot opens when the pace or the cap is full
-        (nothing written for it), or ``"lost"`` when its lease is gone. Pace rows are
-        locked in owner order, so concurrent workers cannot deadlock on them; each mailbox's
-        pace row is read and written once for all its rows of the group, and the rows are
-        marked by one fenced statement.
-        """
-        out: dict[int, str | datetime | None] = {}
-        if not jobs:
-            return out
-        now = self.clock.now()
-        by_owner: dict[int, list[_Job]] = {}
-        for job in sorted(jobs, key=lambda j: (j.row.owner_id, j.row.id)):
-            _check(job.status, SendStatus.SENDING)
-            by_owner.setdefault(job.row.owner_id, []).append(job)
-        with self._tx(durable=True) as s:
-            reserved: list[_Job] = []
-            for owner_jobs in by_owner.values():
-                slots = self._reserve(s, owner_jobs, now)
-                for job, until in zip(owner_jobs, slots, strict=True):
-                    if until is not None:
-                        out[job.held.claim.id] = until
-                    else:
-                        reserved.append(job)
-            kept = fenced_update_many(
-                s, SS, [(job.held.claim, {"status": SendStatus.SENDING, "updated_at": now})
-                        for job in reserved], now=now, extend=self.settings.lease)
-            for job in reserved:
-                if job.held.claim.id in kept:
-                    out[job.held.claim.id] = None
-                else:
-                    out[job.held.claim.id] = "lost"
-                    log.warning("send %d: lease lost before sending", job.held.claim.id)
-            if all(v == "lost" or isinstance(v, datetime) for v in out.values()):
-                s.rollback()  # nothing to keep (the slots of lost rows are given back)
-        for job in jobs:
-            if out[job.held.claim.id] is None:
-                job.held.expires_at = now + self.settings.lease
-        return out
 
     def _reserve(self, s: Session, jobs: list[_Job], now: datetime) -> list[datetime | None]:
         """Take one slot of the mailbox's pace and cap at ``now`` for each of one rep's rows.
@@ -871,60 +1116,38 @@ class Dispatcher:
                               day_count=state.day_count))
         return out
 
-    def _mark_sent_many(self, done: list[tuple[_Job, Sent]]) -> set[int]:
-        """Record several sent emails (and what each causes) in one transaction.
-
-        The rows are released as ``sent`` by one fenced statement; the Live Feed events of
-        plain sends go in with one ``INSERT``; campaign and task sends move their campaign or
-        task on one by one, each in a savepoint.
-        """
-        now = self.clock.now()
-        with self._tx() as s:
-            kept = fenced_update_many(s, SS, [
-                (job.held.claim, {**_sent_values(job.row, job.message.message_id, sent,
-                                                 job.draft, now, now),
-                                  "lease_token": None, "lease_expires_at": None})
-                for job, sent in done], now=now)
-            events: list[dict[str, Any]] = []
-            for job, _sent in done:
-                row = job.row
-                # The dispatcher's clock dates a send it made itself (the transport's own
-                # reading is the same wall clock in production, but not the pass's moment).
-                sent_at = now
-                if row.id not in kept:
-                    log.warning("send %d: lease lost before recording it sent; "
-                                "reconciliation will", row.id)
-                    continue
-                if row.enrollment_step_id is None and row.task_id is None:
-                    events.append(_sent_event(row, sent_at))
-                    continue
-                # A campaign or task that cannot take the news must not undo the "sent".
-                try:
-                    with s.begin_nested():
-                        self._after_sent(s, row, sent_at, job.message.message_id, now)
-                except Exception as exc:  # reported on the row and logged, not swallowed
-                    log.exception("send %d was sent but its campaign or task could not "
-                                  "be moved on", row.id)
-                    s.execute(update(SS).where(SS.id == row.id).values(
-                        last_error=f"sent; moving the campaign on failed: {exc}"[:2000]))
-            record_many(s, events)
-        return kept
-
     def _mark_sent(self, held: _Held, row: ScheduledSend, message_id: str, sent: Sent,
                    draft: Draft | None) -> str:
-        sent_at = sent.sent_at or self.clock.now()
+        """Record a sent email and what it causes.
+
+        A campaign or task that cannot take the news is reported on the row, never undoing
+        the "sent".
+        """
+        now = self._joined[1] if self._joined is not None else self.clock.now()
+        sent_at = sent.sent_at or now
 
         def follow_on(s: Session, now: datetime) -> None:
-            self._after_sent(s, row, sent_at, message_id, now)
+            self._sent_follow_on(s, now, row, sent_at, message_id)
 
-        ok = self._write(held, {"status": SendStatus.SENT, "sent_at": sent_at,
-                                "provider_message_id": sent.provider_id,
-                                "thread_id": sent.thread_id or (draft.thread_id if draft else None)
-                                or row.thread_id,
-                                "message_id": message_id, "reason": None, "last_error": None,
-                                "next_attempt_at": None},
+        self._why[held.claim.id] = f"accepted by the provider as {sent.provider_id}"
+        ok = self._write(held, _sent_values(row, message_id, sent, draft, sent_at, now),
                          finish=True, then=follow_on)
         return "sent" if ok else "lost"
+
+    def _sent_follow_on(self, s: Session, now: datetime, row: ScheduledSend,
+                        sent_at: datetime, message_id: str) -> None:
+        """What a sent email causes; a campaign or task that cannot take it never undoes it."""
+        if row.enrollment_step_id is None and row.task_id is None:
+            record_many(s, [_sent_event(row, sent_at)])  # a plain send: its feed event
+            return
+        try:
+            with s.begin_nested():
+                self._after_sent(s, row, sent_at, message_id, now)
+        except Exception as exc:  # reported on the row and logged, not swallowed
+            log.exception("send %d was sent but its campaign or task could not be moved on",
+                          row.id)
+            s.execute(update(SS).where(SS.id == row.id).values(
+                last_error=f"sent; moving the campaign on failed: {exc}"[:2000]))
 
     def _after_sent(self, s: Session, row: ScheduledSend, sent_at: datetime, message_id: str,
                     now: datetime) -> None:
@@ -936,6 +1159,7 @@ class Dispatcher:
     def _fail(self, held: _Held, row: ScheduledSend, status: SendStatus, reason: str) -> str:
         _check(status, SendStatus.FAILED)
         reason = reason[:2000]
+        self._why[held.claim.id] = reason
 
         def feed(s: Session, now: datetime) -> None:
             _failed_event(s, row, reason, SendStatus.FAILED)
@@ -954,6 +1178,7 @@ class Dispatcher:
                                    self.settings.backoff, self.draw)
         if back_to is not status:
             _check(status, back_to)
+        self._why[held.claim.id] = f"{exc.reason} (retry {retries} in {delay:.0f} s)"
         ok = self._write(held, {"status": back_to, "retries": retries,
                                 "last_error": exc.reason[:2000],
                                 "next_attempt_at": self.clock.now() + timedelta(seconds=delay)},
@@ -966,6 +1191,7 @@ class Dispatcher:
         delay = pacing.retry_delay(retries, getattr(exc, "retry_after", None),
                                    self.settings.backoff, self.draw)
         _check(SendStatus.SENDING, SendStatus.UNCERTAIN)
+        self._why[held.claim.id] = exc.reason
         ok = self._write(held, {"status": SendStatus.UNCERTAIN, "retries": retries,
                                 "last_error": exc.reason[:2000],
                                 "next_attempt_at": self.clock.now() + timedelta(seconds=delay)},
@@ -979,7 +1205,11 @@ class Dispatcher:
         return self._fail(held, row, status, exc.reason)
 
     def _pause(self, held: _Held, row: ScheduledSend, status: SendStatus,
-               exc: TransportError) -> str:
+               exc: TransportError, *, quiet: bool = False) -> str:
+        """Back to wait (drafted, or scheduled when not drafted yet) while the mailbox rests.
+
+        ``quiet`` when the pause itself was already recorded for this mailbox.
+        """
         daily = isinstance(exc, DailyLimitError)
         span = self.settings.daily_limit_pause if daily else self.settings.reauth_pause
         back = SendStatus.SCHEDULED if status is SendStatus.CLAIMED else SendStatus.DRAFTED
@@ -996,9 +1226,10 @@ class Dispatcher:
             log.warning("mailbox of user %d paused until %s: %s", row.owner_id,
                         until.isoformat(), exc.reason)
 
+        self._why[held.claim.id] = f"{what}: {exc.reason}"
         ok = self._write(held, {"status": back, "last_error": exc.reason[:2000],
                                 "next_attempt_at": self.clock.now() + span},
-                         finish=True, then=pause)
+                         finish=True, then=None if quiet else pause)
         return "deferred" if ok else "lost"
 
     # -- reconciliation ------------------------------------------------------------------
@@ -1023,6 +1254,7 @@ class Dispatcher:
         except (TransientError, OutcomeUnknown) as exc:
             delay = pacing.retry_delay(row.retries + 1, getattr(exc, "retry_after", None),
                                        self.settings.backoff, self.draw)
+            self._why[held.claim.id] = f"reconcile: {exc.reason}"
             ok = self._write(held, {"last_error": f"reconcile: {exc.reason}"[:2000],
                                     "next_attempt_at": self.clock.now()
                                     + timedelta(seconds=delay)}, finish=True)
@@ -1036,18 +1268,19 @@ class Dispatcher:
             return self._mark_sent(held, row, message.message_id, sent, draft)
         if answer.outcome is Outcome.NOT_SENT:
             return self._rescheduled(held)
-        return self._attention(held, row, "could not tell whether the email left; check the "
-                                          "mailbox's Sent folder before sending it again")
+        return self._attention(held, row, _unknown_reason(row, transport))
 
     def _rescheduled(self, held: _Held) -> str:
         _check(SendStatus.UNCERTAIN, SendStatus.SCHEDULED)
         # The draft (if any) is kept and reused; the backoff already waited is not repeated.
+        self._why[held.claim.id] = "reconciled: it did not leave; sent again from its draft"
         ok = self._write(held, {"status": SendStatus.SCHEDULED, "next_attempt_at": None},
                          finish=True)
         return "rescheduled" if ok else "lost"
 
     def _attention(self, held: _Held, row: ScheduledSend, reason: str) -> str:
         _check(SendStatus.UNCERTAIN, SendStatus.NEEDS_ATTENTION)
+        self._why[held.claim.id] = reason
 
         def feed(s: Session, now: datetime) -> None:
             _failed_event(s, row, reason, SendStatus.NEEDS_ATTENTION)
@@ -1075,6 +1308,20 @@ class Dispatcher:
                 thread_id=content.thread_hint, domain=domain, nonce=nonce)
         except HeaderError as exc:
             raise Problem(str(exc)) from None
+
+
+def _unknown_reason(row: ScheduledSend, transport: Transport) -> str:
+    """Why an email whose outcome stays unknown needs a person, said for its mailbox."""
+    if getattr(transport, "checks_sent", True):
+        return ("could not tell whether the email left; check the mailbox's Sent folder "
+                "before sending it again")
+    if row.last_error == "the worker's lease ran out while sending":
+        return ("Relay was interrupted while handing the email to the mail server; it "
+                "cannot tell whether it was delivered (this mailbox has no Sent folder "
+                "Relay can check)")
+    return ("the connection to the mail server was lost after the email was handed over; "
+            "Relay cannot tell whether it was delivered (this mailbox has no Sent folder "
+            "Relay can check)")
 
 
 def _state(pace_row: MailboxPace) -> pacing.MailboxState:

@@ -65,9 +65,10 @@ class FakeTransport:
     """An in-memory mailbox with injectable faults (see :data:`FAULTS`).
 
     ``now`` gives the moment recorded with each call (the test's clock). ``script`` holds
-    faults per operation (``"draft"``, ``"send"``, ``"reconcile"``), consumed one per call
-    before the standing ``mode`` applies. A ``"drop"`` send is delivered and then answers
-    nothing (``OutcomeUnknown``); a ``"timeout"`` send is not delivered and answers nothing.
+    faults per operation (``"draft"``, ``"send"``, ``"reconcile"``, ``"discard"``), consumed
+    one per call before the standing ``mode`` applies. A ``"drop"`` send is delivered and
+    then answers nothing (``OutcomeUnknown``); a ``"timeout"`` send is not delivered and
+    answers nothing.
     """
 
     now: Callable[[], datetime]
@@ -117,6 +118,16 @@ class FakeTransport:
         if fault == "drop":
             raise OutcomeUnknown("draft: connection dropped after the request")
         return draft
+
+    def delete_drafts(self, message_id: str) -> int:
+        """Delete the drafts carrying ``message_id`` (or fail as scripted); how many."""
+        fault = self.fault("discard")
+        self.calls.append(Call("discard", send_id_of(message_id) or 0, self.now(), fault))
+        self._raise(fault, "discard")
+        gone = [d for d, m in self.drafts.items() if m.message_id == message_id]
+        for draft_id in gone:
+            del self.drafts[draft_id]
+        return len(gone)
 
     def send_draft(self, draft: Draft, message: OutboundMessage) -> Sent:
         """Deliver a stored draft (or fail as scripted)."""

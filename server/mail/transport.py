@@ -4,18 +4,28 @@ The dispatcher speaks only this protocol; each provider module implements it and
 in-package fake for tests. The send protocol it supports is *draft, then send*:
 
 1. ``create_draft`` stores the fully built message at the provider and returns its id; the
-   dispatcher commits that id before going on.
+   dispatcher commits that id before going on (the message's Message-ID was committed even
+   before, so a draft whose id was never recorded can be found again by it).
 2. The dispatcher marks the row ``sending`` and commits.
-3. ``send_draft`` sends it. If the answer is lost (timeout, crash, 5xx after the request
-   left) the row becomes ``uncertain`` and nothing is retried before ``reconcile`` has said
-   whether the message left: the draft still existing means it did not; otherwise the sent
-   mail is searched for our own ``Message-ID``.
+3. ``send_draft`` sends it. A refusal after which the provider cannot have taken the email
+   raises ``TransientError`` (retried from the same draft) or ``PermanentError``; only when
+   the request may have been acted on and its answer was lost (timeout, dropped connection
+   after an SMTP server got the end of the data, a 5xx whose draft is gone) does it raise
+   ``OutcomeUnknown``: the row becomes ``uncertain`` and nothing is retried before
+   ``reconcile`` has said whether the message left: the draft still existing means it did
+   not; otherwise the sent mail is searched for our own ``Message-ID``.
 
 Errors are typed so the dispatcher decides without parsing provider messages: a
 ``TransientError`` is retried (after ``retry_after`` when the provider said so), a
 ``DailyLimitError`` pauses the mailbox, ``ReauthRequired`` marks the connection
 ``needs_reauth``, a ``PermanentError`` ends the send ``failed`` with its reason, and an
 ``OutcomeUnknown`` makes it ``uncertain``.
+
+Optional, when a provider has them (the dispatcher looks them up with ``getattr``):
+``delete_drafts(message_id) -> int`` removes drafts carrying a Message-ID (an earlier
+attempt's, before drafting again); ``after_sent(message)`` runs once ``sent`` is recorded
+(SMTP files the IMAP Sent copy and drops the IMAP draft); ``checks_sent`` (default True) says
+whether ``reconcile`` can look in a Sent folder at all.
 """
 
 from __future__ import annotations
@@ -86,7 +96,7 @@ class TransportError(Exception):
 
 
 class TransientError(TransportError):
-    """Worth retrying: 429, 5xx before the request was acted on, rate-limit reasons."""
+    """Worth retrying, the request provably not acted on (429, 4xx, 5xx with the draft kept)."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)

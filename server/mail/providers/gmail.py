@@ -195,7 +195,12 @@ class GmailTransport:
         return Draft(id=resp["id"], thread_id=(resp.get("message") or {}).get("threadId"))
 
     def send_draft(self, draft: Draft, message: OutboundMessage) -> Sent:
-        """``users.drafts.send``; a 404 means the draft is gone (maybe sent): reconcile."""
+        """``users.drafts.send``; a 404 means the draft is gone (maybe sent): reconcile.
+
+        A 5xx answer may come after the email left, so the draft is looked up at once: still
+        there, the send provably did not happen (``TransientError``, retried); gone or not
+        known, ``OutcomeUnknown``. A 429 is refused before anything happens (retried).
+        """
         try:
             resp = self._call(self.service.users().drafts().send(userId="me",
                                                                  body={"id": draft.id}),
@@ -204,8 +209,37 @@ class GmailTransport:
             if exc.reason.startswith("Gmail 404"):
                 raise OutcomeUnknown(f"the draft {draft.id} is gone: {exc.reason}") from exc
             raise
+        except OutcomeUnknown as exc:
+            if exc.reason.startswith("Gmail 5") and self._draft_exists(draft):
+                raise TransientError(f"{exc.reason} (the draft is still there: not sent)",
+                                     retry_after=_retry_after(exc.__cause__)
+                                     if isinstance(exc.__cause__, HttpError) else None
+                                     ) from exc
+            raise
         return Sent(provider_id=resp["id"], thread_id=resp.get("threadId"),
                     sent_at=self._clock())
+
+    def _draft_exists(self, draft: Draft) -> bool:
+        """Whether the draft is still there (False when that cannot be told either)."""
+        try:
+            self._call(self.service.users().drafts().get(userId="me", id=draft.id,
+                                                         format="minimal"))
+        except Exception:  # noqa: BLE001 - any failure to look means "cannot tell"
+            return False
+        return True
+
+    def delete_drafts(self, message_id: str) -> int:
+        """Delete every draft carrying ``message_id`` (``rfc822msgid:``); how many there were."""
+        resp = self._call(self.service.users().drafts().list(
+            userId="me", q=f"rfc822msgid:{message_id}", includeSpamTrash=True))
+        found = [d["id"] for d in resp.get("drafts") or [] if d.get("id")]
+        for draft_id in found:
+            try:
+                self._call(self.service.users().drafts().delete(userId="me", id=draft_id))
+            except PermanentError as exc:
+                if not exc.reason.startswith("Gmail 404"):  # already gone: fine
+                    raise
+        return len(found)
 
     def find_sent(self, message_id: str) -> Sent | None:
         """Our message in SENT, found by its Message-ID (``rfc822msgid:``), or None."""

@@ -221,7 +221,9 @@ class GraphTransport:
             return TransientError(reason, retry_after=retry_after)
         if resp.status_code >= 500:
             if sending:
-                return OutcomeUnknown(reason)
+                unknown = OutcomeUnknown(reason)
+                unknown.retry_after = retry_after  # type: ignore[attr-defined]
+                return unknown
             return TransientError(reason, retry_after=retry_after)
         if resp.status_code == 401 or code in _AUTH_CODES:
             return ReauthRequired(reason)
@@ -247,7 +249,34 @@ class GraphTransport:
             if exc.reason.startswith("Graph 404"):
                 raise OutcomeUnknown(f"the draft {draft.id} is gone: {exc.reason}") from exc
             raise
+        except OutcomeUnknown as exc:
+            # A 5xx may come after the email left: still a draft → provably not sent.
+            if exc.reason.startswith("Graph 5") and self._still_draft(draft):
+                raise TransientError(f"{exc.reason} (still a draft: not sent)",
+                                     retry_after=getattr(exc, "retry_after", None)) from exc
+            raise
         return Sent(provider_id=draft.id, thread_id=draft.thread_id, sent_at=self._clock())
+
+    def _still_draft(self, draft: Draft) -> bool:
+        """Whether the message is still a draft (False when that cannot be told either)."""
+        try:
+            resp = self._request("GET", f"/me/messages/{quote(draft.id, safe='')}",
+                                 params={"$select": "id,isDraft"})
+            return bool(resp.json().get("isDraft"))
+        except (TransportError, ValueError):
+            return False
+
+    def delete_drafts(self, message_id: str) -> int:
+        """Delete every draft carrying ``message_id`` (``internetMessageId``); how many."""
+        quoted = message_id.replace("'", "''")
+        resp = self._request("GET", "/me/mailFolders/drafts/messages", params={
+            "$filter": f"internetMessageId eq '{quoted}'", "$select": "id,isDraft"})
+        found = [m["id"] for m in resp.json().get("value") or []
+                 if m.get("id") and m.get("isDraft", True)]
+        for item in found:
+            self._request("DELETE", f"/me/messages/{quote(item, safe='')}",
+                          expect=(204, 200, 404))
+        return len(found)
 
     def find_sent(self, message_id: str) -> Sent | None:
         """Our message in Sent Items by ``internetMessageId``, or None."""

@@ -2,9 +2,15 @@
 
 The draft of an SMTP send is the built message itself (kept by the caller, and APPENDed to the
 IMAP Drafts folder when IMAP is configured). Sending walks the SMTP dialogue step by step so
-that a failure is classified by *where* it happened: anything before the end of ``DATA`` means
-the server never took the message (retry or fail); a connection lost while the message body
-was on its way or before the server's answer to it means nobody knows (``OutcomeUnknown``).
+that a failure is classified by *where* it happened. Everything up to the last byte of the
+message body — connection refused, a refusal of the greeting, ``MAIL FROM``, ``RCPT TO`` or
+``DATA``, a connection lost while the body was on its way — and any *answer* to the end of the
+data means the server's decision is known: 4xx is a ``TransientError`` (retried), 5xx a
+``PermanentError``. Only a connection lost (or a timeout) after the whole body, its final
+``.`` included, was handed over and before the server answered means nobody knows
+(``OutcomeUnknown``). Filing the sent copy in the IMAP Sent folder and removing the IMAP draft
+happen in :meth:`SmtpTransport.after_sent`, which the dispatcher calls once ``sent`` is
+recorded (so a worker dying there never leaves a delivered email unrecorded).
 Reconciliation searches the IMAP Sent folder for our ``Message-ID``; without IMAP there is no
 way to look, so the outcome stays ``UNKNOWN`` (the dispatcher leaves it for a person).
 
@@ -113,6 +119,14 @@ def _code_error(code: int, text: str, what: str) -> Exception:
 
 def _text(resp: Any) -> str:
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
+
+
+def _terminated(payload: bytes) -> bytes:
+    """The message body as it goes after ``DATA``: dot-stuffed, ending in ``CRLF.CRLF``."""
+    data = re.sub(rb"(?m)^\.", b"..", payload)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
 
 
 class _Stale(Exception):
@@ -288,10 +302,35 @@ class SmtpTransport:
             self._keep(session)
         if refused:
             log.warning("send %s: recipients refused: %s", message.send_id, sorted(refused))
-        sent_at = self._clock()
+        return Sent(provider_id=message.message_id, sent_at=self._clock())
+
+    @property
+    def checks_sent(self) -> bool:
+        """Whether reconciliation can look for a sent email (only with an IMAP Sent folder)."""
+        return bool(self.config.imap_host)
+
+    def after_sent(self, message: OutboundMessage) -> None:
+        """After a recorded send: file a copy in IMAP Sent and drop the IMAP draft (best effort)."""
         if self.config.imap_host:
             self._file_sent(message)
-        return Sent(provider_id=message.message_id, sent_at=sent_at)
+
+    def delete_drafts(self, message_id: str) -> int:
+        """Remove every IMAP draft carrying ``message_id`` (an earlier attempt's); how many."""
+        if not self.config.imap_host:
+            return 0
+        try:
+            with self._imap() as imap:
+                typ, _ = imap.select(self._folder(self.config.drafts_folder))
+                if typ != "OK":
+                    return 0
+                uids = self._search_message_id(imap, message_id)
+                for uid in uids:
+                    imap.uid("STORE", uid, "+FLAGS", r"(\Deleted)")
+                if uids:
+                    imap.expunge()
+                return len(uids)
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise TransientError(f"IMAP: could not look for earlier drafts: {exc}") from None
 
     def close(self) -> None:
         """Close the kept SMTP connection, if any (``QUIT``)."""
@@ -351,7 +390,10 @@ class SmtpTransport:
 
         Raises ``_Stale`` only when ``reused`` and the connection was found closed before
         the server answered ``MAIL FROM``. Any other failure closes the connection (without
-        ``QUIT`` when the outcome is unknown) and raises the transport error.
+        ``QUIT`` when the outcome is unknown) and raises the transport error. The phases:
+        ``mail``, ``rcpt``, ``data`` (the ``DATA`` command), ``body`` (the message on its way,
+        its final ``.`` not yet handed over: the server cannot have taken it) and ``reply``
+        (all of it handed over, the answer awaited: the only unknown phase).
         """
         phase = "mail"
         try:
@@ -370,22 +412,29 @@ class SmtpTransport:
                 code, text = next(iter(refused.values()))
                 raise _code_error(code, text, f"RCPT TO refused for {', '.join(refused)}")
             phase = "data"
-            code, resp = smtp.data(payload)
-            if code != 250:
+            code, resp = smtp.docmd("DATA")
+            if code != 354:
                 raise _code_error(code, _text(resp), "DATA")
+            phase = "body"
+            smtp.send(_terminated(payload))
+            phase = "reply"
+            code, resp = smtp.getreply()
+            if code != 250:
+                raise _code_error(code, _text(resp), "end of data")
         except _Stale:
             raise
         except smtplib.SMTPResponseException as exc:
-            # smtplib raises for DATA's 354 step; a non-354 answer is the server's refusal.
             # (Checked first: SMTP exceptions are OSErrors too.) The server answered, so
             # nothing is unknown, but the connection is not used again.
             self._discard(smtp, polite=True)
-            raise _code_error(exc.smtp_code, _text(exc.smtp_error), "DATA") from None
+            raise _code_error(exc.smtp_code, _text(exc.smtp_error), phase.upper()) from None
         except OSError as exc:
-            # Disconnects and timeouts: before DATA nothing was taken; after, nobody knows.
+            # Disconnects and timeouts: before the end of the data nothing was taken; after
+            # it (the answer awaited), nobody knows.
             self._discard(smtp, polite=False)
-            if phase == "data":
-                raise OutcomeUnknown(f"SMTP connection lost during DATA: {exc}") from None
+            if phase == "reply":
+                raise OutcomeUnknown(f"SMTP connection lost after the end of the data, "
+                                     f"before the server's answer: {exc}") from None
             # (smtplib turns a read timeout into SMTPServerDisconnected; the cause stays.)
             timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__,
                                                                     TimeoutError)
@@ -393,7 +442,10 @@ class SmtpTransport:
                 # Closed while kept (not a silent server: that waits for the backoff, so one
                 # call never spends two timeouts of the lease).
                 raise _Stale from None
-            raise TransientError(f"SMTP connection lost before DATA: {exc}") from None
+            where = "before DATA" if phase in ("mail", "rcpt") else (
+                "at DATA" if phase == "data" else "while the message was on its way")
+            raise TransientError(f"SMTP connection lost {where} (the server cannot have "
+                                 f"taken the email): {exc}") from None
         except BaseException as exc:
             # The server's refusal (a TransportError above: it answered, so QUIT is fine), or
             # anything unexpected (state unknown: just close). Never used again either way.
@@ -515,7 +567,10 @@ class SmtpTransport:
         return raw.split()
 
     def reconcile(self, message: OutboundMessage, draft: Draft | None) -> Reconciled:
-        """Found in IMAP Sent by Message-ID → sent; otherwise unknown (SMTP proves no negative)."""
+        """Found in IMAP Sent by Message-ID → sent (its draft removed); otherwise unknown.
+
+        SMTP proves no negative: without IMAP there is nowhere to look.
+        """
         if not self.config.imap_host:
             return Reconciled(Outcome.UNKNOWN)
         try:
@@ -526,6 +581,9 @@ class SmtpTransport:
         except (OSError, imaplib.IMAP4.error) as exc:
             raise TransientError(f"IMAP search failed: {exc}") from None
         if uids:
+            # It left: its draft (if the filing after the send never happened) goes.
+            with contextlib.suppress(TransportError):
+                self.delete_drafts(message.message_id)
             return Reconciled(Outcome.SENT, Sent(provider_id=f"imap:{uids[0]}"))
         return Reconciled(Outcome.UNKNOWN)
 
