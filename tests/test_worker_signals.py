@@ -241,10 +241,11 @@ def test_worker_settings_rules(settings: dict[str, str], problem: str | None):
 
 def test_stop_hands_back_the_claimed_rows_not_started(app: Flask, session: Session,
                                                       world: World, now: datetime):
-    """Stopped after its first group: are the rest back as before the claim, draft kept?
+    """Stopped after its first send: are the rest back as before the claim, draft kept?
 
-    Claimed rows go back to scheduled and a drafted one stays drafted with its draft; none
-    keeps a lease or the claim's attempt; the first group's emails are sent and recorded.
+    The stop is asked before every provider call, so the call in flight finishes and is
+    recorded, and nothing more is sent. Claimed rows go back to scheduled and a drafted one
+    stays drafted with its draft; none keeps a lease or the claim's attempt.
     """
     ids = plain_sends(session, world.rep, now, 6)
     drafted = session.get(ScheduledSend, ids[-1])
@@ -259,15 +260,16 @@ def test_stop_hands_back_the_claimed_rows_not_started(app: Flask, session: Sessi
                             stop_requested=lambda: bool(fake.delivered),
                             on_outcome=lambda outcome, kind: counted.append((outcome, kind)))
     result = dispatcher.run_once()
-    assert (result.claimed, result.sent, result.returned) == (6, 2, 4)
-    assert counted == [("sent", "fake")] * 2  # the handed-back rows were not processed
+    assert (result.claimed, result.sent, result.returned) == (6, 1, 5)
+    assert sorted(counted) == [("returned", "fake")] + [("sent", "fake")]  # its group
     got = {r.id: (r.status, r.lease_token, r.lease_expires_at, r.attempts)
            for r in rows(session)}
-    assert [got[i][0] for i in ids] == [SendStatus.SENT] * 2 + [SendStatus.SCHEDULED] * 3 + [
-        SendStatus.DRAFTED]
-    assert {got[i][1:] for i in ids[2:]} == {(None, None, 0)}
+    # The first group's second row was drafted before the stop: it keeps its draft.
+    assert [got[i][0] for i in ids] == [SendStatus.SENT, SendStatus.DRAFTED] + [
+        SendStatus.SCHEDULED] * 3 + [SendStatus.DRAFTED]
+    assert {got[i][1:] for i in ids[1:]} == {(None, None, 0)}
     assert rows(session)[-1].draft_id == "kept-draft"
-    assert sorted(fake.deliveries()) == ids[:2]
+    assert sorted(fake.deliveries()) == ids[:1]
 
 
 def test_a_tick_asked_to_stop_starts_nothing(app: Flask, session: Session, world: World,

@@ -881,12 +881,14 @@ class Dispatcher:
         back = case((SS.status == SendStatus.CLAIMED, SendStatus.SCHEDULED.value),
                     else_=SS.status)
 
+        # The claim's attempt is not counted: the row was never started. (One expression
+        # object for every row, so the statement sets it as a shared value.)
+        uncounted = SS.attempts - 1
+
         def run(s: Session, now: datetime) -> set[int]:
             return fenced_update_many(s, SS, [
                 (h.claim, {"status": back, "lease_token": None, "lease_expires_at": None,
-                           # the claim's attempt is not counted: it was never started
-                           "attempts": SS.attempts - 1, "updated_at": now})
-                for h in helds], now=now)
+                           "attempts": uncounted, "updated_at": now}) for h in helds], now=now)
 
         if self._joined is not None:
             kept = run(*self._joined)

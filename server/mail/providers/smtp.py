@@ -319,9 +319,9 @@ class SmtpTransport:
         if not self.config.imap_host:
             return 0
         try:
-            with self._imap() as imap:
-                typ, _ = imap.select(self._folder(self.config.drafts_folder))
-                if typ != "OK":
+            # The group's connection inside an imap_scope (one login per group).
+            with self.imap(self.config.drafts_folder, readonly=False) as (imap, ok):
+                if not ok:
                     return 0
                 uids = self._search_message_id(imap, message_id)
                 for uid in uids:
