@@ -188,6 +188,16 @@ def bounce_of(msg: EmailMessage) -> Bounce | None:
                   diagnostic=diagnostic, original_message_id=original)
 
 
+def body_text(raw: bytes) -> str:
+    """A message's plain-text body (its text/plain part), or "" when it has none."""
+    msg = BytesParser(policy=default).parsebytes(raw)
+    try:
+        part = msg.get_body(("plain",))
+        return str(part.get_content()) if part is not None else ""
+    except (LookupError, ValueError):  # an unknown charset or a broken part
+        return ""
+
+
 def observe(raw: bytes, *, provider_id: str, thread_id: str | None = None) -> Observed:
     """Parse a message's bytes into what detection looks at."""
     msg = BytesParser(policy=default).parsebytes(raw)

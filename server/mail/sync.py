@@ -426,10 +426,23 @@ def _apply_reply(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Obser
                  "contact_id": contact.id, "matched_by": match.rule,
                  "message_id": obs.message_id, "on_reply": action.value,
                  "received_at": _moment(obs, now).isoformat()})
+    _reply_to_salesforce(session, mb, msg, obs, campaign, contact, now)
     if action is not OnReply.CONTINUE:
         reason = "replied" if action is OnReply.END else "replied (success)"
         leave(session, enrollment.id, EnrollmentStatus.REPLIED, reason, now)
     return True
+
+
+def _reply_to_salesforce(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Observed,
+                        campaign: Campaign, contact: Contact, now: datetime) -> None:
+    """Queue the reply's Salesforce activity (nothing when the org does not sync)."""
+    from server.salesforce import enqueue
+
+    enqueue.reply_detected(
+        session, org_id=mb.org_id, owner_id=mb.owner_id, contact_id=contact.id,
+        subject=obs.subject, message_id=obs.message_id or f"{mb.id}:{msg.provider_id}",
+        received_at=_moment(obs, now), now=now, body_text=detect.body_text(msg.raw),
+        campaign_id=campaign.id)
 
 
 def _apply_bounce(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Observed,
