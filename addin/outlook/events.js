@@ -4,7 +4,8 @@
  * which includes it.
  *
  * OnMessageSend (SendMode PromptUser): when the message carries the x-relay-task header the
- * task pane stamped, tell Relay the task is being sent. The handler NEVER blocks the send:
+ * task pane stamped, tell Relay the task is being sent, with the token the pane left in the
+ * item's sessionData (then OfficeRuntime.storage, then localStorage). The handler NEVER blocks the send:
  * every path, errors and timeouts included, ends in event.completed({ allowEvent: true }).
  */
 /* global Office, OfficeRuntime */
@@ -12,17 +13,60 @@ var RELAY_BASE_URL = "__RELAY_PUBLIC_URL__";
 var RELAY_TOKEN_KEY = "relay.outlook.token";
 var RELAY_SEND_TIMEOUT_MS = 4000;
 
-function relayReadToken() {
+var RELAY_SESSION_KEY = "relay.send";
+
+/*
+ * What the pane stored in the item's sessionData (Mailbox 1.11) when it filled the message:
+ * {task, token}, or null. Classic Outlook on Windows runs this handler in a JavaScript-only
+ * runtime whose OfficeRuntime.storage is not the pane's and which has no localStorage, so the
+ * item itself is the one place both sides share there.
+ */
+function relayReadSession(item) {
+  return new Promise(function (resolve) {
+    try {
+      if (!item || !item.sessionData || typeof item.sessionData.getAsync !== "function") {
+        resolve(null);
+        return;
+      }
+      item.sessionData.getAsync(RELAY_SESSION_KEY, function (result) {
+        try {
+          var failed = result.status === (Office.AsyncResultStatus ? Office.AsyncResultStatus.Failed : "failed");
+          var value = failed ? null : JSON.parse(result.value);
+          resolve(value && typeof value === "object" ? value : null);
+        } catch (e) {
+          resolve(null);
+        }
+      });
+    } catch (e) {
+      resolve(null);
+    }
+  });
+}
+
+function relayStoredToken() {
+  function fromLocalStorage() {
+    try {
+      return typeof localStorage !== "undefined" ? localStorage.getItem(RELAY_TOKEN_KEY) : null;
+    } catch (e) {
+      return null;
+    }
+  }
   try {
     if (typeof OfficeRuntime !== "undefined" && OfficeRuntime.storage) {
-      return OfficeRuntime.storage.getItem(RELAY_TOKEN_KEY).catch(function () { return null; });
+      return OfficeRuntime.storage.getItem(RELAY_TOKEN_KEY).then(function (token) {
+        return token || fromLocalStorage();
+      }, fromLocalStorage);
     }
   } catch (e) { /* fall through to localStorage */ }
-  try {
-    return Promise.resolve(typeof localStorage !== "undefined" ? localStorage.getItem(RELAY_TOKEN_KEY) : null);
-  } catch (e) {
-    return Promise.resolve(null);
-  }
+  return Promise.resolve(fromLocalStorage());
+}
+
+/* The token to report with: the item's sessionData, then OfficeRuntime.storage, then localStorage. */
+function relayReadToken(item) {
+  return relayReadSession(item).then(function (session) {
+    if (session && typeof session.token === "string" && session.token) return session.token;
+    return relayStoredToken();
+  });
 }
 
 function relayTaggedTaskId(headers) {
@@ -63,7 +107,7 @@ function onMessageSendHandler(event) {
           finish();
           return;
         }
-        relayReadToken().then(function (token) {
+        relayReadToken(item).then(function (token) {
           if (!token) return null;
           return fetch(RELAY_BASE_URL + "/api/outlook/tasks/" + taskId + "/sending", {
             method: "POST",
@@ -85,5 +129,6 @@ if (typeof Office !== "undefined" && Office.actions && typeof Office.actions.ass
 }
 
 if (typeof module === "object" && module.exports) {
-  module.exports = { onMessageSendHandler: onMessageSendHandler, relayTaggedTaskId: relayTaggedTaskId };
+  module.exports = { onMessageSendHandler: onMessageSendHandler, relayTaggedTaskId: relayTaggedTaskId,
+    relayReadToken: relayReadToken };
 }

@@ -20,6 +20,8 @@
   const NEW_MESSAGE_LIMITS = { htmlBytes: 32 * 1024, recipients: 100, subjectChars: 255 };
   const TASK_HEADER = "x-relay-task";
   const TOKEN_KEY = "relay.outlook.token";
+  /** The sessionData key the send handler (events.js) reads: {task, token}. */
+  const SESSION_KEY = "relay.send";
 
   function utf8Length(text) {
     return new TextEncoder().encode(text || "").length;
@@ -41,6 +43,7 @@
       !!(req && typeof req.isSetSupported === "function" && req.isSetSupported(name, version));
     return {
       internetHeaders: has("Mailbox", "1.8"),
+      sessionData: has("Mailbox", "1.11"),
       newMessageForm: has("Mailbox", "1.6"),
       dialog: has("DialogApi", "1.1"),
       nestedAppAuth: has("NestedAppAuth", "1.1"),
@@ -127,9 +130,12 @@
   /**
    * Fill the message being composed, in sequence: To (then Cc, Bcc), Subject, the body
    * (its type read first; HTML coercion for an HTML body), then the x-relay-task header where
-   * Mailbox 1.8 is supported. Returns what was done.
+   * Mailbox 1.8 is supported, then (Mailbox 1.11) the task and ``token`` in the item's
+   * sessionData, which is where the send handler finds them on classic Outlook for Windows
+   * (its runtime shares neither OfficeRuntime.storage nor localStorage with the pane).
+   * Returns what was done.
    */
-  async function fillMessage(office, taskId, prefill) {
+  async function fillMessage(office, taskId, prefill, token) {
     const reason = blockedReason(prefill);
     if (reason) throw new Error(reason);
     const item = office.context.mailbox.item;
@@ -153,6 +159,12 @@
       headers[TASK_HEADER] = String(taskId);
       await officeCall(office, "tag the message", (cb) => item.internetHeaders.setAsync(headers, cb));
       tagged = true;
+    }
+    if (tagged && caps.sessionData && item.sessionData && token) {
+      const value = JSON.stringify({ task: String(taskId), token: token });
+      // The fill is done either way: without it the handler falls back to its own storage.
+      await officeCall(office, "keep the send report's data",
+        (cb) => item.sessionData.setAsync(SESSION_KEY, value, cb)).catch(() => null);
     }
     return { bodyType: html ? "html" : "text", tagged: tagged };
   }
@@ -223,7 +235,7 @@
   }
 
   return {
-    NEW_MESSAGE_LIMITS, TASK_HEADER, TOKEN_KEY,
+    NEW_MESSAGE_LIMITS, TASK_HEADER, TOKEN_KEY, SESSION_KEY,
     itemMode, capabilities, blockedReason, newMessageFit, newMessageParameters, filterTasks,
     fillMessage, openInNewMessage, makeApi, taggedTaskId, utf8Length,
   };

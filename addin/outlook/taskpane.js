@@ -211,7 +211,7 @@
     if (!prefill) return;
     $("fill").disabled = true;
     try {
-      const done = await P.fillMessage(Office, id, prefill);
+      const done = await P.fillMessage(Office, id, prefill, state.token);
       await api.opened(id).catch(() => {});
       setStatus("Filled from the task" + (done.tagged ? "" : " (this Outlook cannot tag the message, so " +
         "use Mark as sent after sending)") + ". Review it and send.", "success");

@@ -45,6 +45,26 @@ test("a plain-text compose window gets the text body; Cc and Bcc are set when pr
   assert.deepEqual(body.args[1], { coercionType: "text" });
 });
 
+test("with Mailbox 1.11 the fill leaves the task and token in the item's sessionData for the send handler", async () => {
+  const { office, calls } = outlookMock({ sets: { Mailbox: "1.11" } });
+  const done = await P.fillMessage(office, 7, prefill(), "rly_tok");
+  assert.deepEqual(calls.map((c) => c.name).slice(-2), ["internetHeaders.setAsync", "sessionData.setAsync"]);
+  const session = calls[calls.length - 1];
+  assert.equal(session.args[0], "relay.send");
+  assert.deepEqual(JSON.parse(session.args[1]), { task: "7", token: "rly_tok" });
+  assert.equal(done.tagged, true);
+  // Mailbox 1.8 to 1.10: tagged, no sessionData call.
+  const older = outlookMock({ sets: { Mailbox: "1.10" } });
+  await P.fillMessage(older.office, 7, prefill(), "rly_tok");
+  assert.ok(!older.calls.some((c) => c.name === "sessionData.setAsync"));
+});
+
+test("a refused sessionData write does not undo the fill", async () => {
+  const { office } = outlookMock({ sets: { Mailbox: "1.11" }, failOn: "sessionData.setAsync" });
+  const done = await P.fillMessage(office, 7, prefill(), "rly_tok");
+  assert.equal(done.tagged, true);
+});
+
 test("without Mailbox 1.8 the message is filled but not tagged", async () => {
   const { office, calls } = outlookMock({ sets: { Mailbox: "1.7" } });
   const done = await P.fillMessage(office, 7, prefill());
