@@ -2,6 +2,7 @@
 
 from server.accounts.models import ApiToken, Org, Role, User
 from server.addins.outlook.models import MicrosoftIdentity, TaskSendReport
+from server.addins.versions import ManifestBuild
 from server.campaigns.models import Campaign, CampaignStep, Enrollment, EnrollmentStep
 from server.compose.models import Template
 from server.contacts.models import Contact
@@ -16,6 +17,7 @@ from server.tasks.models import Task, TaskStatus
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
     "EventKind", "FeedEvent", "GmailReplyDraft", "MailMatch", "Mailbox", "MailboxCursor",
+    "ManifestBuild",
     "MicrosoftIdentity", "OAuthState", "Org", "Role", "SalesforceConnection", "ScheduledSend",
     "SendStatus", "SyncItem", "Task", "TaskSendReport", "TaskStatus", "Template", "User",
 ]

@@ -122,9 +122,9 @@ def _rendered() -> tuple[manifests.Rendered, dict[str, bytes]]:
     """The manifests of the running configuration (rendered once per process)."""
     cached = current_app.extensions.get("relay.outlook_manifests")
     if cached is None:
-        icons = manifests.icon_bytes()
-        cached = (manifests.render(manifests.source_from_config(current_app.config), icons),
-                  icons)
+        from server.addins.versions import outlook_rendered
+
+        cached = outlook_rendered(current_app._get_current_object())  # type: ignore[attr-defined]
         current_app.extensions["relay.outlook_manifests"] = cached
     return cached
 
