@@ -13,11 +13,12 @@ from server.mail.mailboxes import Mailbox, MailboxCursor, MailMatch, OAuthState
 from server.mail.models import ScheduledSend, SendStatus
 from server.salesforce.models import SalesforceConnection, SyncItem
 from server.tasks.models import Task, TaskStatus
+from server.tasks.tags import TaskTag
 
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
     "EventKind", "FeedEvent", "GmailReplyDraft", "MailMatch", "Mailbox", "MailboxCursor",
     "ManifestBuild",
     "MicrosoftIdentity", "OAuthState", "Org", "Role", "SalesforceConnection", "ScheduledSend",
-    "SendStatus", "SyncItem", "Task", "TaskSendReport", "TaskStatus", "Template", "User",
+    "SendStatus", "SyncItem", "Task", "TaskSendReport", "TaskTag", "TaskStatus", "Template", "User",
 ]

@@ -181,6 +181,30 @@ def test_outlook_header_match_completes_via_outlook(session, world, now):
     assert mbx.get_cursor(session, mb.id, "sentitems").endswith("page=2")
 
 
+def test_an_email_tagged_with_the_tasks_opaque_tag_completes_it(session, world, now):
+    """Does a sent email whose X-Relay-Task is the task's tag match it by header?"""
+    from server.tasks.tags import tag_for_task
+
+    eid, task = task_campaign(session, world, now)
+    tag = tag_for_task(session, task.id)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    raw = load("sent_outlook_header.eml", task.id).replace(
+        f"X-Relay-Task: {task.id}".encode(), f"X-Relay-Task: {tag}".encode())
+    assert tag.encode() in raw
+    t, _ = gmail([ok({"history": [{"id": "150", "messagesAdded": [{"message": {"id": "s1"}}]}],
+                      "historyId": "200"}),
+                  ok({"id": "s1", "threadId": "t-9", "labelIds": ["SENT"],
+                      "raw": base64.urlsafe_b64encode(raw).decode()})])
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.sent == 1
+    match = session.scalar(select(MailMatch))
+    assert (match.matched_by, match.task_id) == ("x-relay-task", task.id)
+
+
 @pytest.mark.parametrize("on_reply,status", [(OnReply.END, EnrollmentStatus.REPLIED),
                                              (OnReply.END_SUCCESS, EnrollmentStatus.REPLIED),
                                              (OnReply.CONTINUE, EnrollmentStatus.ACTIVE)])

@@ -69,15 +69,25 @@ function relayReadToken(item) {
   });
 }
 
-function relayTaggedTaskId(headers) {
+/*
+ * What the message's x-relay-task header names: {tag} (an opaque task tag, what the pane
+ * stamps) or {id} (a plain task id, from messages tagged before tags existed); else null.
+ */
+function relayTagged(headers) {
   if (!headers) return null;
   var names = Object.keys(headers);
   for (var i = 0; i < names.length; i++) {
-    if (names[i].toLowerCase() === "x-relay-task" && /^\s*\d{1,15}\s*$/.test(String(headers[names[i]]))) {
-      return parseInt(headers[names[i]], 10);
-    }
+    if (names[i].toLowerCase() !== "x-relay-task") continue;
+    var value = String(headers[names[i]]).trim();
+    if (/^rt_[A-Za-z0-9_-]{24}$/.test(value)) return { tag: value };
+    if (/^\d{1,15}$/.test(value)) return { id: parseInt(value, 10) };
   }
   return null;
+}
+
+function relayTaggedTaskId(headers) {
+  var tagged = relayTagged(headers);
+  return tagged && tagged.id !== undefined ? tagged.id : null;
 }
 
 function onMessageSendHandler(event) {
@@ -102,17 +112,19 @@ function onMessageSendHandler(event) {
     item.internetHeaders.getAsync(["x-relay-task"], function (result) {
       try {
         var failed = result.status === (Office.AsyncResultStatus ? Office.AsyncResultStatus.Failed : "failed");
-        var taskId = failed ? null : relayTaggedTaskId(result.value);
-        if (taskId === null) {
+        var tagged = failed ? null : relayTagged(result.value);
+        if (tagged === null) {
           finish();
           return;
         }
         relayReadToken(item).then(function (token) {
           if (!token) return null;
-          return fetch(RELAY_BASE_URL + "/api/outlook/tasks/" + taskId + "/sending", {
+          var byTag = tagged.tag !== undefined;
+          return fetch(RELAY_BASE_URL + (byTag ? "/api/outlook/sending"
+            : "/api/outlook/tasks/" + tagged.id + "/sending"), {
             method: "POST",
             headers: { "Content-Type": "application/json", Authorization: "Bearer " + token },
-            body: "{}",
+            body: byTag ? JSON.stringify({ tag: tagged.tag }) : "{}",
           });
         }).then(finish, finish);
       } catch (e) {
@@ -130,5 +142,6 @@ if (typeof Office !== "undefined" && Office.actions && typeof Office.actions.ass
 
 if (typeof module === "object" && module.exports) {
   module.exports = { onMessageSendHandler: onMessageSendHandler, relayTaggedTaskId: relayTaggedTaskId,
+    relayTagged: relayTagged,
     relayReadToken: relayReadToken };
 }

@@ -130,12 +130,13 @@
   /**
    * Fill the message being composed, in sequence: To (then Cc, Bcc), Subject, the body
    * (its type read first; HTML coercion for an HTML body), then the x-relay-task header where
-   * Mailbox 1.8 is supported, then (Mailbox 1.11) the task and ``token`` in the item's
+   * Mailbox 1.8 is supported (``tag``: the task's opaque tag from Relay, never its id: the
+   * header travels with the email to the recipient), then (Mailbox 1.11) the task and ``token`` in the item's
    * sessionData, which is where the send handler finds them on classic Outlook for Windows
    * (its runtime shares neither OfficeRuntime.storage nor localStorage with the pane).
    * Returns what was done.
    */
-  async function fillMessage(office, taskId, prefill, token) {
+  async function fillMessage(office, taskId, prefill, token, tag) {
     const reason = blockedReason(prefill);
     if (reason) throw new Error(reason);
     const item = office.context.mailbox.item;
@@ -154,9 +155,9 @@
       html ? prefill.html : prefill.text,
       { coercionType: html ? office.CoercionType.Html : office.CoercionType.Text }, cb));
     let tagged = false;
-    if (caps.internetHeaders && item.internetHeaders) {
+    if (caps.internetHeaders && item.internetHeaders && tag) {
       const headers = {};
-      headers[TASK_HEADER] = String(taskId);
+      headers[TASK_HEADER] = String(tag);
       await officeCall(office, "tag the message", (cb) => item.internetHeaders.setAsync(headers, cb));
       tagged = true;
     }
@@ -218,6 +219,7 @@
       markSent: (id, sentAt) => call("POST", "/api/tasks/" + id + "/complete",
         { via: "outlook", sent_at: sentAt }),
       sending: (id) => call("POST", "/api/outlook/tasks/" + id + "/sending", {}),
+      tag: (id) => call("POST", "/api/outlook/tasks/" + id + "/tag", {}),
       me: () => call("GET", "/api/outlook/me"),
       link: (microsoftToken) => call("POST", "/api/outlook/link", { microsoft_token: microsoftToken }),
     };

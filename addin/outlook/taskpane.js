@@ -211,7 +211,10 @@
     if (!prefill) return;
     $("fill").disabled = true;
     try {
-      const done = await P.fillMessage(Office, id, prefill, state.token);
+      // The header carries the task's opaque tag (it travels with the email to the recipient).
+      const tag = P.capabilities(Office).internetHeaders
+        ? await api.tag(id).then((r) => r.tag, () => null) : null;
+      const done = await P.fillMessage(Office, id, prefill, state.token, tag);
       await api.opened(id).catch(() => {});
       setStatus("Filled from the task" + (done.tagged ? "" : " (this Outlook cannot tag the message, so " +
         "use Mark as sent after sending)") + ". Review it and send.", "success");

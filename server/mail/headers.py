@@ -8,7 +8,8 @@ and must both yield exactly the one address given (the CVE-2023-27043 class of a
 refused, not guessed at); at most :data:`MAX_RECIPIENTS` recipients.
 
 The message carries our own ``Message-ID`` (``<relay.{send id}.{random}@{domain}>``), the key
-of reconciliation and sent detection, ``X-Relay-Task`` when the email belongs to a task, and
+of reconciliation and sent detection, ``X-Relay-Task`` with the task's opaque tag
+(:mod:`server.tasks.tags`, never its sequential id) when the email belongs to a task, and
 ``In-Reply-To``/``References`` for a follow-up in the same thread (E3).
 """
 
@@ -168,6 +169,15 @@ def check_message_id(field: str, value: str) -> str:
     return value
 
 
+def check_task_tag(value: str) -> str:
+    """An opaque task tag (``rt_`` + 24 URL-safe characters) for ``X-Relay-Task``; return it."""
+    from server.tasks.tags import TAG
+
+    if not isinstance(value, str) or not TAG.match(value):
+        raise HeaderError("task_tag", f"{value!r} is not a task tag")
+    return value
+
+
 def new_message_id(send_id: int, domain: str, nonce: str | None = None) -> str:
     """Our own Message-ID for a send: ``<relay.{send id}.{random}@{domain}>``."""
     if not _DOMAIN.match(domain):
@@ -196,7 +206,7 @@ def build_message(
     text: str | None,
     date: datetime,
     cc: Sequence[str] = (),
-    task_id: int | None = None,
+    task_tag: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
     thread_id: str | None = None,
@@ -209,7 +219,8 @@ def build_message(
     A follow-up gives ``in_reply_to`` (the previous email's Message-ID) and ``references``
     (its thread's ids; ``in_reply_to`` is appended when missing) and the provider
     ``thread_id``. ``domain`` (default: the sender's) is the right side of our Message-ID.
-    Raises :class:`HeaderError` naming the field for anything unsafe or malformed.
+    ``task_tag`` (the task's opaque tag, :func:`server.tasks.tags.tag_for_task`) becomes
+    ``X-Relay-Task``. Raises :class:`HeaderError` naming the field for anything unsafe or malformed.
     """
     if date.tzinfo is None:
         raise HeaderError("date", "must be timezone-aware")
@@ -252,8 +263,8 @@ def build_message(
         msg["In-Reply-To"] = in_reply_to
     if refs:
         msg["References"] = " ".join(refs)
-    if task_id is not None:
-        msg["X-Relay-Task"] = str(int(task_id))
+    if task_tag is not None:
+        msg["X-Relay-Task"] = check_task_tag(task_tag)
     msg["X-Relay-Send"] = str(int(send_id))
     msg.set_content(text)
     if html is not None:

@@ -26,7 +26,7 @@ import imaplib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,6 +57,7 @@ from server.mail.mailboxes import (
 from server.mail.models import ScheduledSend, SendStatus
 from server.mail.transport import PermanentError, ReauthRequired, TransportError
 from server.tasks.models import CompletedVia, Task, TaskStatus
+from server.tasks.tags import task_id_of
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,8 @@ def _apply_sent(session: Session, mb: Mailbox, user: User, msg: Incoming,
 
     if detect_send_id(obs) is not None:
         return False  # one of the dispatcher's own emails: it recorded the send itself
+    if obs.relay_tag is not None:  # X-Relay-Task carries the task's opaque tag
+        obs = replace(obs, relay_task=task_id_of(session, obs.relay_tag))
     match = detect.match_sent(obs, _open_tasks(session, mb, obs, user), now)
     if match is None:
         return False

@@ -157,3 +157,15 @@ test("a token in sessionData and nothing tagged: allowed without a request", asy
     delete global.OfficeRuntime;
   }
 });
+
+test("a message tagged with an opaque tag is reported by its tag", async () => {
+  const tag = "rt_Zm9vYmFyYmF6cXV4MTIzNDU2";
+  const s = setup({ headers: { "x-relay-task": tag } });
+  s.associated.onMessageSendHandler(s.event);
+  await waitFor(() => s.completed.length > 0);
+  assert.deepEqual(s.completed, [{ allowEvent: true }]);
+  assert.equal(s.fetched.length, 1);
+  assert.match(s.fetched[0].url, /\/api\/outlook\/sending$/);
+  assert.deepEqual(JSON.parse(s.fetched[0].opts.body), { tag });
+  assert.deepEqual(s.mod.relayTagged({ "X-Relay-Task": "rt_short" }), null);
+});
