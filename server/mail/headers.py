@@ -274,6 +274,59 @@ def build_message(
                            recipients=recipients, thread_id=thread_id)
 
 
+def build_reply_draft(
+    *,
+    to: Sequence[str],
+    subject: str,
+    html: str | None,
+    text: str | None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+) -> EmailMessage:
+    """A reply to be saved as a draft by a provider that adds From, Date and Message-ID itself.
+
+    The Gmail add-on's "Reply with this task" draft: its subject and threading ids come from
+    an incoming email, so every value passes the same checks as :func:`build_message` (one
+    address per recipient, no control or line-separator character, no encoded-word opener,
+    msg-ids only). An ``in_reply_to`` that is not a msg-id is refused; a ``references`` item
+    that is not one is left out (the chain is a hint; Gmail threads by thread id).
+    Raises :class:`HeaderError` naming the field.
+    """
+    if isinstance(to, str):
+        raise HeaderError("to", "give a list of addresses, one per item")
+    to_addrs = [parse_address(f"to[{i}]", v) for i, v in enumerate(to)]
+    if not to_addrs:
+        raise HeaderError("to", "needs at least one recipient")
+    if len(to_addrs) > MAX_RECIPIENTS:
+        raise HeaderError("to", f"at most {MAX_RECIPIENTS} recipients (got {len(to_addrs)})")
+    subject = check_text("subject", subject or "")
+    if html is None and text is None:
+        raise HeaderError("body", "needs an HTML or a text body")
+    if text is None:
+        from server.compose.render import html_to_text
+
+        text = html_to_text(html or "")
+    refs = [r for r in references
+            if isinstance(r, str) and MSG_ID.match(r) and len(r) <= 250]
+    if in_reply_to:
+        check_message_id("in_reply_to", in_reply_to)
+        if in_reply_to not in refs:
+            refs.append(in_reply_to)
+    if len(refs) > 50:
+        refs = refs[:1] + refs[-49:]
+    msg = EmailMessage(policy=POLICY)
+    msg["To"] = [r.header() for r in to_addrs]
+    msg["Subject"] = subject
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if refs:
+        msg["References"] = " ".join(refs)
+    msg.set_content(text or " ")
+    if html is not None:
+        msg.add_alternative(html or "<p></p>", subtype="html")
+    return msg
+
+
 def message_bytes(message: OutboundMessage) -> bytes:
     """The RFC 5322 bytes of a built message (CRLF line ends), as providers take them."""
     return message.mime.as_bytes(policy=POLICY)
