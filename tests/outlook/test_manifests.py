@@ -257,9 +257,10 @@ def test_the_json_manifest_matches_the_xml_one():
     doc = json.loads(rendered.json)
     assert doc["id"] == PROD["OUTLOOK_ADDIN_ID"]
     ext = doc["extensions"][0]
-    pane, events = ext["runtimes"]
-    assert pane["code"]["page"] == "https://relay.example.com/addin/outlook/taskpane.html"
-    assert pane["actions"][0]["pinnable"] is True
+    pane, read_pane, events = ext["runtimes"]
+    for runtime in (pane, read_pane):
+        assert runtime["code"]["page"] == "https://relay.example.com/addin/outlook/taskpane.html"
+        assert runtime["actions"][0]["pinnable"] is True
     assert events["code"]["script"] == "https://relay.example.com/addin/outlook/events.js"
     assert ext["autoRunEvents"][0]["events"][0] == {
         "type": "messageSending", "actionId": "onMessageSendHandler",
@@ -317,3 +318,21 @@ def test_relay_manifests_export_writes_every_file(runner: Any, tmp_path: Path,
     assert b"<Version>1.0.65536</Version>" in xml  # the stored counter, from the database
     bad = runner.invoke(main, ["manifests", "export", str(out), "--only", "lotus"])
     assert bad.exit_code != 0 and "unknown add-in lotus" in bad.output
+
+
+def test_no_item_context_is_only_on_a_read_action_with_a_mailbox_1_13_runtime():
+    """Is supportsNoItemContext declared only by the read button's action, in a 1.13 runtime?"""
+    doc = json.loads(render().json)
+    [ext] = doc["extensions"]
+    runtime_of = {a["id"]: r for r in ext["runtimes"] for a in r["actions"]}
+    actions = {a["id"]: a for r in ext["runtimes"] for a in r["actions"]}
+    used = {ctx: [c["actionId"] for t in rb["tabs"] for g in t["groups"] for c in g["controls"]]
+            for rb in ext["ribbons"] for ctx in rb["contexts"]}
+    no_item = [aid for aid, a in actions.items() if a.get("supportsNoItemContext")]
+    assert no_item, "the pinned pane can open with no item selected"
+    for aid in no_item:
+        assert aid in used["mailRead"] and aid not in used["mailCompose"]
+        [cap] = runtime_of[aid]["requirements"]["capabilities"]
+        assert cap["name"] == "Mailbox"
+        assert tuple(int(p) for p in cap["minVersion"].split(".")) >= (1, 13)
+    assert not any(actions[aid].get("supportsNoItemContext") for aid in used["mailCompose"])
