@@ -236,7 +236,78 @@
     return null;
   }
 
+  /** What to tell the rep when the sign-in dialog cannot open (Office dialog error codes). */
+  const DIALOG_ERRORS = {
+    12009: "The sign-in window was not allowed to open. Choose Sign in again and allow the window.",
+    12011: "Your browser blocked the sign-in window. Allow pop-ups for Outlook (or use another " +
+      "browser), then choose Sign in again.",
+  };
+
+  /**
+   * Open Relay's sign-in page in an Office dialog and resolve with the token it hands back.
+   * Outlook on the web asks the rep before opening it (promptBeforeOpen is left at its
+   * default); a refused (12009) or blocked (12011) window rejects with what to do.
+   */
+  function openSignInDialog(office, url) {
+    return new Promise((resolve, reject) => {
+      office.context.ui.displayDialogAsync(url, { height: 60, width: 30 }, (result) => {
+        if (result.status === office.AsyncResultStatus.Failed) {
+          const code = result.error && result.error.code;
+          reject(new Error(DIALOG_ERRORS[code] ||
+            ("The sign-in window could not open: " + (result.error && result.error.message))));
+          return;
+        }
+        const dialog = result.value;
+        dialog.addEventHandler(office.EventType.DialogMessageReceived, (arg) => {
+          dialog.close();
+          try {
+            const msg = JSON.parse(arg.message);
+            if (msg.type === "relay-token" && msg.token) resolve(msg.token);
+            else reject(new Error("Sign-in did not finish."));
+          } catch (e) {
+            reject(new Error("Sign-in did not finish."));
+          }
+        });
+        dialog.addEventHandler(office.EventType.DialogEventReceived, () =>
+          reject(new Error("The sign-in window was closed.")));
+      });
+    });
+  }
+
+  /**
+   * A Microsoft token by nested app authentication: silently, and with MSAL's popup only when
+   * the silent call says interaction is required (InteractionRequiredAuthError) and
+   * ``interactive`` says we are handling the rep's click. Otherwise null (the pane then shows
+   * its Sign in button). Other errors are not retried with a popup.
+   */
+  async function naaToken(pca, request, interactive) {
+    try {
+      return (await pca.acquireTokenSilent(request)).accessToken;
+    } catch (e) {
+      const needsInteraction = e && (e.name === "InteractionRequiredAuthError" ||
+        e.errorCode === "interaction_required" || e.constructor && e.constructor.name === "InteractionRequiredAuthError");
+      if (!needsInteraction || !interactive) return null;
+      return (await pca.acquireTokenPopup(request)).accessToken;
+    }
+  }
+
+  /**
+   * Call ``onChange`` whenever the item changes under a pinned pane (Office.EventType.
+   * ItemChanged, Mailbox 1.5): the pane refreshes its mode and list. Resolves to whether the
+   * handler was registered.
+   */
+  function watchItemChanges(office, onChange) {
+    const mailbox = office && office.context && office.context.mailbox;
+    if (!mailbox || typeof mailbox.addHandlerAsync !== "function" || !office.EventType ||
+        !office.EventType.ItemChanged) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      mailbox.addHandlerAsync(office.EventType.ItemChanged, () => onChange(), (result) =>
+        resolve(result.status !== office.AsyncResultStatus.Failed));
+    });
+  }
+
   return {
+    DIALOG_ERRORS, openSignInDialog, naaToken, watchItemChanges,
     NEW_MESSAGE_LIMITS, TASK_HEADER, TOKEN_KEY, SESSION_KEY,
     itemMode, capabilities, blockedReason, newMessageFit, newMessageParameters, filterTasks,
     fillMessage, openInNewMessage, makeApi, taggedTaskId, utf8Length,
