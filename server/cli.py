@@ -233,8 +233,8 @@ def manifests_export(directory: Path, names: tuple[str, ...]) -> None:
     if unknown:
         raise click.ClickException(f"unknown add-in {', '.join(unknown)}; choose from "
                                    f"{', '.join(sorted(EXPORTERS))}")
-    # The files depend on the environment's configuration only (PUBLIC_URL, OUTLOOK_*,
-    # MS_CLIENT_ID): no database is needed.
+    # The files depend on the environment's configuration (PUBLIC_URL, OUTLOOK_*,
+    # MS_CLIENT_ID); the Outlook manifests' version counter is kept in DATABASE_URL.
     config = load_config(Path("instance"))
     for path in export_all(config, directory, list(names) or None):
         click.echo(str(path))

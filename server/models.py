@@ -2,6 +2,7 @@
 
 from server.accounts.models import ApiToken, Org, Role, User
 from server.addins.outlook.models import MicrosoftIdentity, TaskSendReport
+from server.addins.versions import ManifestBuild
 from server.campaigns.models import Campaign, CampaignStep, Enrollment, EnrollmentStep
 from server.compose.models import Template
 from server.contacts.models import Contact
@@ -12,11 +13,12 @@ from server.mail.mailboxes import Mailbox, MailboxCursor, MailboxSync, MailMatch
 from server.mail.models import ScheduledSend, SendStatus
 from server.salesforce.models import SalesforceConnection, SyncItem
 from server.tasks.models import Task, TaskStatus
+from server.tasks.tags import TaskTag
 
 __all__ = [
     "ApiToken", "Base", "Campaign", "CampaignStep", "Contact", "Enrollment", "EnrollmentStep",
     "EventKind", "FeedEvent", "GmailReplyDraft", "MailMatch", "Mailbox", "MailboxCursor",
-    "MailboxSync",
+    "MailboxSync", "ManifestBuild",
     "MicrosoftIdentity", "OAuthState", "Org", "Role", "SalesforceConnection", "ScheduledSend",
-    "SendStatus", "SyncItem", "Task", "TaskSendReport", "TaskStatus", "Template", "User",
+    "SendStatus", "SyncItem", "Task", "TaskSendReport", "TaskTag", "TaskStatus", "Template", "User",
 ]

@@ -217,6 +217,43 @@ def test_task_email_sent_completes_its_task_with_sent_at(
     session.commit()
 
 
+def test_a_task_email_carries_the_tasks_opaque_tag_not_its_id(
+        app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
+        fake: FakeTransport):
+    """Does X-Relay-Task carry the task's stored random tag (the same on a rebuild), not its id?"""
+    from server.tasks.tags import TAG, TaskTag, task_id_of
+
+    tpl = Template(org_id=world.org.id, created_by_id=world.rep.id, name="T",
+                   subject="Hello", body_html="<p>x</p>")
+    session.add(tpl)
+    session.flush()
+    campaign = make_campaign(session, world.rep, [email_step(1, SendOption.TASK, tpl)])
+    contact = make_contact(session, world.rep, "grace@example.com", first_name="Grace")
+    launch(session, world.rep, campaign, [contact.id], now=now)
+    session.commit()
+    task = session.scalar(select(Task).where(Task.contact_id == contact.id))
+    assert task is not None
+    outbox.schedule_task_email(session, world.rep, task.id, subject="Hello Grace",
+                               html="<p>We met.</p>", send_at=now, now=now)
+    session.commit()
+    seen = []
+    real = fake.create_draft
+
+    def spy(message):
+        seen.append(message)
+        return real(message)
+
+    fake.create_draft = spy  # type: ignore[method-assign]
+    assert make_dispatcher(app, fake, clock).run_once().sent == 1
+    [message] = seen
+    value = message.mime["X-Relay-Task"]
+    assert TAG.match(value) and value != str(task.id)
+    session.expire_all()
+    assert session.scalar(select(TaskTag.tag).where(TaskTag.task_id == task.id)) == value
+    assert task_id_of(session, value) == task.id
+    assert task_id_of(session, str(task.id)) == task.id  # an old numeric header still reads
+
+
 def test_permanent_error_fails_with_reason_in_command_center_and_feed(
         app: Flask, session: Session, world: World, now: datetime, clock: ManualClock,
         fake: FakeTransport):

@@ -323,6 +323,19 @@ def test_home_pages_by_twenty_with_more(gclient: FlaskClient, google: LocalGoogl
     assert len(card["sections"]) == 2  # no More on the last page
 
 
+def test_the_universal_action_is_answered_like_the_homepage_trigger(
+        gclient: FlaskClient, google: LocalGoogle, gsession: Session, gworld: World) -> None:
+    """Does "My email tasks" push the home card the way the homepage trigger does?"""
+    email_tasks(gsession, gworld.rep, 2)
+    home = post(gclient, google, "home", event(google, "rep@a.test")).get_json()
+    body = post(gclient, google, "universal_tasks", event(google, "rep@a.test")).get_json()
+    assert set(body) == {"action"} and "renderActions" not in body
+    [navigation] = body["action"]["navigations"]
+    assert navigation["pushCard"] == home["action"]["navigations"][0]["pushCard"]
+    unknown = post(gclient, google, "universal_tasks", event(google, "nobody@a.test")).get_json()
+    assert set(unknown) == {"action"}
+
+
 def test_home_due_filter(gclient: FlaskClient, google: LocalGoogle, gsession: Session,
                          gworld: World) -> None:
     """Does the due filter narrow the list to the window asked for?"""

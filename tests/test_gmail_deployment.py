@@ -167,3 +167,32 @@ def test_admin_page_is_for_admins_only(client: FlaskClient, world: World) -> Non
     assert client.get("/admin/gmail").status_code == 302
     _sign_in(client, "rep@a.test")
     assert client.get("/admin/gmail").status_code == 403
+
+
+def test_the_deployment_declares_the_widgets_that_fill_to_and_subject() -> None:
+    """Does the file list UPDATE_SUBJECT_AND_RECIPIENTS, which the fill answer needs?
+
+    Google's deployment reference: ``addOnWidgetSet`` absent means the default widget set, and
+    "update the subject and recipients of a draft" is not in it.
+    """
+    from google.apps.script.type import AddOnWidgetSet
+
+    from server.gmail.cards import update_draft
+
+    doc = build_deployment(config())
+    assert doc["addOns"]["common"]["addOnWidgetSet"] == {
+        "usedWidgets": ["UPDATE_SUBJECT_AND_RECIPIENTS"]}
+    parsed = check_deployment(doc)
+    assert list(parsed.add_ons.common.add_on_widget_set.used_widgets) == [
+        AddOnWidgetSet.WidgetType.UPDATE_SUBJECT_AND_RECIPIENTS]
+    markup = update_draft(["pat@client.test"], "Hello", "<p>Hi</p>")[
+        "renderActions"]["hostAppAction"]["gmailAction"]["updateDraftActionMarkup"]
+    assert {"updateToRecipients", "updateSubject"} <= set(markup)
+
+
+def test_the_exported_deployment_file_declares_the_widgets(tmp_path: Path) -> None:
+    """Does ``relay manifests export`` write the widget set into gmail-deployment.json?"""
+    export_all(config(), tmp_path, ["gmail"])
+    doc = json.loads((tmp_path / "gmail-deployment.json").read_text())
+    assert doc["addOns"]["common"]["addOnWidgetSet"]["usedWidgets"] == [
+        "UPDATE_SUBJECT_AND_RECIPIENTS"]

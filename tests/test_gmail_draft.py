@@ -123,3 +123,42 @@ def test_header_injection_is_refused() -> None:
         reply_mime(ReplyDraft(to=[("a@b.test", "A")], subject="Hi\r\nBcc: x@evil.test",
                               html="<p>x</p>", text="x", in_reply_to="", references="",
                               thread_id="t"))
+
+
+def _reply(**changes: Any) -> ReplyDraft:
+    fields: dict[str, Any] = dict(to=[("pat@initech.test", "Pat Doe")], subject="Re: Our call",
+                                  html="<p>x</p>", text="x", in_reply_to="<abc@mail.test>",
+                                  references="<root@mail.test> <abc@mail.test>", thread_id="t")
+    fields.update(changes)
+    return ReplyDraft(**fields)
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"subject": "Re: Hi\u2028Bcc: x@evil.test"}, "subject"),
+    ({"subject": "Re: Hi\x00there"}, "subject"),
+    ({"subject": "Re: =?utf-8?q?=0D=0ABcc:_x@evil.test?="}, "subject"),
+    ({"in_reply_to": "<abc@mail.test>\u0085Bcc: x@evil.test"}, "in_reply_to"),
+    ({"in_reply_to": "not a message id"}, "in_reply_to"),
+    ({"to": [("pat@initech.test, eve@evil.test", "Pat")]}, "to[0]"),
+    ({"to": [("pat@initech.test", "Pat\u2029Doe")]}, "to[0]"),
+])
+def test_the_reply_draft_goes_through_the_header_builder(changes: dict[str, Any],
+                                                         field: str) -> None:
+    """Are the incoming email's values checked by server/mail/headers.py (HeaderError)?"""
+    from server.gmail.client import reply_mime
+    from server.mail.headers import HeaderError
+
+    with pytest.raises(HeaderError) as err:
+        reply_mime(_reply(**changes))
+    assert err.value.field == field
+
+
+def test_a_malformed_reference_is_left_out_of_the_reply() -> None:
+    """Is a References item that is not a msg-id dropped, the good ones kept in order?"""
+    from server.gmail.client import reply_mime
+
+    raw = reply_mime(_reply(references="<root@mail.test> junk\u2028Bcc:x <abc@mail.test>"))
+    mime = email.message_from_bytes(raw, policy=policy.default)
+    assert mime["References"] == "<root@mail.test> <abc@mail.test>"
+    assert mime["In-Reply-To"] == "<abc@mail.test>"
+    assert mime["Bcc"] is None and mime["From"] is None and mime["Message-ID"] is None

@@ -26,6 +26,7 @@ from server.mail.transport import (
     TransientError,
 )
 
+TASK_TAG = "rt_Zm9vYmFyYmF6cXV4MTIzNDU2"  # an opaque task tag (server.tasks.tags)
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 BASE = "https://gmail.googleapis.com/gmail/v1/users/me"
 
@@ -33,7 +34,7 @@ BASE = "https://gmail.googleapis.com/gmail/v1/users/me"
 def message(thread_id=None, in_reply_to=None):
     return build_message(send_id=12, sender="rita@acme.test", to=["pat@client.test"],
                          subject="Re: Hello", html="<p>Following up</p>", text=None,
-                         date=NOW, in_reply_to=in_reply_to, thread_id=thread_id, task_id=3)
+                         date=NOW, in_reply_to=in_reply_to, thread_id=thread_id, task_tag=TASK_TAG)
 
 
 def ok(body):
@@ -77,7 +78,7 @@ def test_follow_up_draft_is_created_in_its_thread_then_sent():
     back = BytesParser(policy=default).parsebytes(raw)
     assert back["Message-ID"] == msg.message_id
     assert back["In-Reply-To"] == prev and back["References"] == prev
-    assert back["X-Relay-Task"] == "3"
+    assert back["X-Relay-Task"] == TASK_TAG
     method, url, query, body = request(http, 1)
     assert (method, url, body) == ("POST", f"{BASE}/drafts/send", {"id": "r-99"})
 

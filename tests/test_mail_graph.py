@@ -21,6 +21,7 @@ from server.mail.transport import (
 )
 from tests.fake_graph import fake_graph
 
+TASK_TAG = "rt_Zm9vYmFyYmF6cXV4MTIzNDU2"  # an opaque task tag (server.tasks.tags)
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 
@@ -28,7 +29,7 @@ def message(thread_id=None, send_id=21):
     return build_message(send_id=send_id, sender="Rita <rita@acme.test>",
                          to=['"Doe, Pat" <pat@client.test>'], cc=["sam@client.test"],
                          subject="Hello Pat", html="<p>Hi <b>Pat</b></p>", text="Hi Pat",
-                         date=NOW, task_id=4, thread_id=thread_id,
+                         date=NOW, task_tag=TASK_TAG, thread_id=thread_id,
                          in_reply_to="<relay.20.aaaaaaaaaaaaaaaa@acme.test>" if thread_id
                          else None)
 
@@ -51,7 +52,7 @@ def test_draft_then_send_then_reconcile(graph):
     assert create.headers["Authorization"] == "Bearer access-1"
     body = create.body
     assert body["internetMessageId"] == msg.message_id
-    assert {"name": "X-Relay-Task", "value": "4"} in body["internetMessageHeaders"]
+    assert {"name": "X-Relay-Task", "value": TASK_TAG} in body["internetMessageHeaders"]
     assert body["toRecipients"] == [{"emailAddress": {"address": "pat@client.test",
                                                       "name": "Doe, Pat"}}]
     assert body["ccRecipients"] == [{"emailAddress": {"address": "sam@client.test"}}]

@@ -17,6 +17,7 @@ from server.mail.headers import (
     send_id_of,
 )
 
+TASK_TAG = "rt_Zm9vYmFyYmF6cXV4MTIzNDU2"  # an opaque task tag (server.tasks.tags)
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 EXPECTED_HEADERS = ["From", "To", "Subject", "Date", "Message-ID", "X-Relay-Send",
                     "MIME-Version", "Content-Type"]
@@ -36,11 +37,11 @@ def parsed(message):
 
 def test_plain_message_headers_and_alternative_body():
     """Does a first email carry our Message-ID, the send id, and text + HTML alternatives?"""
-    msg = build(task_id=7)
+    msg = build(task_tag=TASK_TAG)
     back = parsed(msg)
     assert msg.message_id == "<relay.42.0123456789abcdef@acme.test>"
     assert back["Message-ID"] == msg.message_id
-    assert back["X-Relay-Task"] == "7"
+    assert back["X-Relay-Task"] == TASK_TAG
     assert back["X-Relay-Send"] == "42"
     assert back["From"] == "Rita Rep <rita@acme.test>"
     assert back.get_content_type() == "multipart/alternative"
@@ -211,7 +212,7 @@ def test_parse_address_keeps_display_name():
 @pytest.mark.parametrize("kw", [
     {},
     {"sender": '"Doe, Zoë" <zoe@acme.test>', "to": ["Łukasz Ż <l@client.test>", "b@c.test"],
-     "subject": "Grüße — " + "a long subject that has to be folded " * 6, "task_id": 3},
+     "subject": "Grüße — " + "a long subject that has to be folded " * 6, "task_tag": TASK_TAG},
     {"in_reply_to": "<relay.41.aaaaaaaaaaaaaaaa@acme.test>",
      "references": ["<first@mail.gmail.com>"], "cc": ["cc@client.test"]},
     {"html": "<p>" + "é long line " * 200 + "</p>", "text": None},
@@ -235,3 +236,12 @@ def test_cached_header_classes_build_the_very_same_bytes(kw, monkeypatch):
     assert headers._REGISTRY["subject"] is not headers._REGISTRY["subject"]  # stdlib: new
     monkeypatch.undo()
     assert headers._REGISTRY["Subject"] is headers._REGISTRY["subject"]  # cached
+
+
+@pytest.mark.parametrize("tag", ["7", "rt_short", "rt_Zm9vYmFyYmF6cXV4MTIzNDU2\r\nBcc: x@y.test",
+                                 "rt_Zm9vYmFyYmF6cXV4MTIzNDU!"])
+def test_x_relay_task_takes_only_an_opaque_tag(tag):
+    """Is anything but an opaque tag (a plain task id, a smuggled header) refused?"""
+    with pytest.raises(HeaderError) as err:
+        build(task_tag=tag)
+    assert err.value.field == "task_tag"

@@ -25,13 +25,14 @@ from server.mail.transport import (
     TransientError,
 )
 
+TASK_TAG = "rt_Zm9vYmFyYmF6cXV4MTIzNDU2"  # an opaque task tag (server.tasks.tags)
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 
 def message(send_id=5, to=("pat@client.test",)):
     return build_message(send_id=send_id, sender="Rita <rita@acme.test>", to=list(to),
                          subject="Hello", html="<p>Hi</p>", text="Hi", date=NOW,
-                         task_id=9)
+                         task_tag=TASK_TAG)
 
 
 def free_port() -> int:
@@ -110,7 +111,7 @@ def test_smtp_sends_the_built_message_with_login(smtp_server):
     assert mail_from == "rita@acme.test"
     assert rcpts == ["pat@client.test", "sam@client.test"]
     back = BytesParser(policy=default).parsebytes(content)
-    assert back["Message-ID"] == msg.message_id and back["X-Relay-Task"] == "9"
+    assert back["Message-ID"] == msg.message_id and back["X-Relay-Task"] == TASK_TAG
     assert t.reconcile(msg, draft).outcome is Outcome.UNKNOWN  # no IMAP: cannot look
 
 

@@ -193,6 +193,30 @@ def test_outlook_header_match_completes_via_outlook(session, world, now):
     assert mbx.get_cursor(session, mb.id, "sentitems").endswith("page=2")
 
 
+def test_an_email_tagged_with_the_tasks_opaque_tag_completes_it(session, world, now):
+    """Does a sent email whose X-Relay-Task is the task's tag match it by header?"""
+    from server.tasks.tags import tag_for_task
+
+    eid, task = task_campaign(session, world, now)
+    tag = tag_for_task(session, task.id)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    raw = load("sent_outlook_header.eml", task.id).replace(
+        f"X-Relay-Task: {task.id}".encode(), f"X-Relay-Task: {tag}".encode())
+    assert tag.encode() in raw
+    t, _ = gmail([ok({"history": [{"id": "150", "messagesAdded": [{"message": {"id": "s1"}}]}],
+                      "historyId": "200"}),
+                  ok({"id": "s1", "threadId": "t-9", "labelIds": ["SENT"],
+                      "raw": base64.urlsafe_b64encode(raw).decode()})])
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.sent == 1
+    match = session.scalar(select(MailMatch))
+    assert (match.matched_by, match.task_id) == ("x-relay-task", task.id)
+
+
 @pytest.mark.parametrize("on_reply,status", [(OnReply.END, EnrollmentStatus.REPLIED),
                                              (OnReply.END_SUCCESS, EnrollmentStatus.REPLIED),
                                              (OnReply.CONTINUE, EnrollmentStatus.ACTIVE)])
@@ -591,3 +615,49 @@ def test_an_expired_graph_delta_link_restarts_from_now(session, world, now):
         assert state.requests[1].query["$filter"] == ["receivedDateTime ge 2026-11-25T11:55:00Z"]
     assert result.messages == 0
     assert mbx.get_cursor(session, mb.id, "sentitems").endswith("fresh=1")
+
+
+def test_a_detected_reply_queues_its_salesforce_activity(session, world, now):
+    """Does a reply found by the sync queue its "Reply" activity for a syncing org, once?"""
+    from server.salesforce.models import (
+        ConnectionStatus,
+        SalesforceConnection,
+        SyncItem,
+        SyncKind,
+    )
+
+    eid = sent_campaign(session, world, now, on_reply=OnReply.CONTINUE)
+    session.add(SalesforceConnection(org_id=world.org.id, status=ConnectionStatus.CONNECTED))
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    for _ in range(2):  # the same history again (a replay) queues nothing more
+        t, _ = gmail(history_responses(("r1", "reply_in_reply_to.eml", ["INBOX"], "thread-1")))
+        sync_mailbox(session, mb, t, NOW, SyncResult())
+        session.commit()
+    [item] = session.scalars(select(SyncItem).where(SyncItem.kind == SyncKind.REPLY)).all()
+    contact = pat(session, world)
+    enrollment = session.get(Enrollment, eid)
+    assert item.org_id == world.org.id
+    assert item.payload["contact_id"] == contact.id
+    assert item.payload["owner_id"] == world.rep.id
+    assert item.payload["campaign_id"] == enrollment.campaign_id
+    assert item.payload["subject"] == "Re: Hello Pat"
+    assert item.payload["excerpt"].startswith("Thanks Rita, happy to talk on Thursday.")
+    assert item.payload["at"] == "2026-11-25T07:03:41+00:00"
+
+
+def test_a_detected_reply_queues_nothing_for_an_org_without_salesforce(session, world, now):
+    """Does an org with no Salesforce connection get no sync item from a reply?"""
+    from server.salesforce.models import SyncItem
+
+    sent_campaign(session, world, now)
+    mb = mailbox(session, world)
+    mbx.set_cursor(session, mb.id, "history", "100", NOW)
+    session.commit()
+    t, _ = gmail(history_responses(("r1", "reply_in_reply_to.eml", ["INBOX"], "thread-1")))
+    result = SyncResult()
+    sync_mailbox(session, mb, t, NOW, result)
+    session.commit()
+    assert result.replies == 1
+    assert session.scalars(select(SyncItem)).all() == []

@@ -20,6 +20,8 @@
   const NEW_MESSAGE_LIMITS = { htmlBytes: 32 * 1024, recipients: 100, subjectChars: 255 };
   const TASK_HEADER = "x-relay-task";
   const TOKEN_KEY = "relay.outlook.token";
+  /** The sessionData key the send handler (events.js) reads: {task, token}. */
+  const SESSION_KEY = "relay.send";
 
   function utf8Length(text) {
     return new TextEncoder().encode(text || "").length;
@@ -41,6 +43,7 @@
       !!(req && typeof req.isSetSupported === "function" && req.isSetSupported(name, version));
     return {
       internetHeaders: has("Mailbox", "1.8"),
+      sessionData: has("Mailbox", "1.11"),
       newMessageForm: has("Mailbox", "1.6"),
       dialog: has("DialogApi", "1.1"),
       nestedAppAuth: has("NestedAppAuth", "1.1"),
@@ -127,9 +130,13 @@
   /**
    * Fill the message being composed, in sequence: To (then Cc, Bcc), Subject, the body
    * (its type read first; HTML coercion for an HTML body), then the x-relay-task header where
-   * Mailbox 1.8 is supported. Returns what was done.
+   * Mailbox 1.8 is supported (``tag``: the task's opaque tag from Relay, never its id: the
+   * header travels with the email to the recipient), then (Mailbox 1.11) the task and ``token`` in the item's
+   * sessionData, which is where the send handler finds them on classic Outlook for Windows
+   * (its runtime shares neither OfficeRuntime.storage nor localStorage with the pane).
+   * Returns what was done.
    */
-  async function fillMessage(office, taskId, prefill) {
+  async function fillMessage(office, taskId, prefill, token, tag) {
     const reason = blockedReason(prefill);
     if (reason) throw new Error(reason);
     const item = office.context.mailbox.item;
@@ -148,11 +155,17 @@
       html ? prefill.html : prefill.text,
       { coercionType: html ? office.CoercionType.Html : office.CoercionType.Text }, cb));
     let tagged = false;
-    if (caps.internetHeaders && item.internetHeaders) {
+    if (caps.internetHeaders && item.internetHeaders && tag) {
       const headers = {};
-      headers[TASK_HEADER] = String(taskId);
+      headers[TASK_HEADER] = String(tag);
       await officeCall(office, "tag the message", (cb) => item.internetHeaders.setAsync(headers, cb));
       tagged = true;
+    }
+    if (tagged && caps.sessionData && item.sessionData && token) {
+      const value = JSON.stringify({ task: String(taskId), token: token });
+      // The fill is done either way: without it the handler falls back to its own storage.
+      await officeCall(office, "keep the send report's data",
+        (cb) => item.sessionData.setAsync(SESSION_KEY, value, cb)).catch(() => null);
     }
     return { bodyType: html ? "html" : "text", tagged: tagged };
   }
@@ -206,6 +219,7 @@
       markSent: (id, sentAt) => call("POST", "/api/tasks/" + id + "/complete",
         { via: "outlook", sent_at: sentAt }),
       sending: (id) => call("POST", "/api/outlook/tasks/" + id + "/sending", {}),
+      tag: (id) => call("POST", "/api/outlook/tasks/" + id + "/tag", {}),
       me: () => call("GET", "/api/outlook/me"),
       link: (microsoftToken) => call("POST", "/api/outlook/link", { microsoft_token: microsoftToken }),
     };
@@ -222,8 +236,79 @@
     return null;
   }
 
+  /** What to tell the rep when the sign-in dialog cannot open (Office dialog error codes). */
+  const DIALOG_ERRORS = {
+    12009: "The sign-in window was not allowed to open. Choose Sign in again and allow the window.",
+    12011: "Your browser blocked the sign-in window. Allow pop-ups for Outlook (or use another " +
+      "browser), then choose Sign in again.",
+  };
+
+  /**
+   * Open Relay's sign-in page in an Office dialog and resolve with the token it hands back.
+   * Outlook on the web asks the rep before opening it (promptBeforeOpen is left at its
+   * default); a refused (12009) or blocked (12011) window rejects with what to do.
+   */
+  function openSignInDialog(office, url) {
+    return new Promise((resolve, reject) => {
+      office.context.ui.displayDialogAsync(url, { height: 60, width: 30 }, (result) => {
+        if (result.status === office.AsyncResultStatus.Failed) {
+          const code = result.error && result.error.code;
+          reject(new Error(DIALOG_ERRORS[code] ||
+            ("The sign-in window could not open: " + (result.error && result.error.message))));
+          return;
+        }
+        const dialog = result.value;
+        dialog.addEventHandler(office.EventType.DialogMessageReceived, (arg) => {
+          dialog.close();
+          try {
+            const msg = JSON.parse(arg.message);
+            if (msg.type === "relay-token" && msg.token) resolve(msg.token);
+            else reject(new Error("Sign-in did not finish."));
+          } catch (e) {
+            reject(new Error("Sign-in did not finish."));
+          }
+        });
+        dialog.addEventHandler(office.EventType.DialogEventReceived, () =>
+          reject(new Error("The sign-in window was closed.")));
+      });
+    });
+  }
+
+  /**
+   * A Microsoft token by nested app authentication: silently, and with MSAL's popup only when
+   * the silent call says interaction is required (InteractionRequiredAuthError) and
+   * ``interactive`` says we are handling the rep's click. Otherwise null (the pane then shows
+   * its Sign in button). Other errors are not retried with a popup.
+   */
+  async function naaToken(pca, request, interactive) {
+    try {
+      return (await pca.acquireTokenSilent(request)).accessToken;
+    } catch (e) {
+      const needsInteraction = e && (e.name === "InteractionRequiredAuthError" ||
+        e.errorCode === "interaction_required" || e.constructor && e.constructor.name === "InteractionRequiredAuthError");
+      if (!needsInteraction || !interactive) return null;
+      return (await pca.acquireTokenPopup(request)).accessToken;
+    }
+  }
+
+  /**
+   * Call ``onChange`` whenever the item changes under a pinned pane (Office.EventType.
+   * ItemChanged, Mailbox 1.5): the pane refreshes its mode and list. Resolves to whether the
+   * handler was registered.
+   */
+  function watchItemChanges(office, onChange) {
+    const mailbox = office && office.context && office.context.mailbox;
+    if (!mailbox || typeof mailbox.addHandlerAsync !== "function" || !office.EventType ||
+        !office.EventType.ItemChanged) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      mailbox.addHandlerAsync(office.EventType.ItemChanged, () => onChange(), (result) =>
+        resolve(result.status !== office.AsyncResultStatus.Failed));
+    });
+  }
+
   return {
-    NEW_MESSAGE_LIMITS, TASK_HEADER, TOKEN_KEY,
+    DIALOG_ERRORS, openSignInDialog, naaToken, watchItemChanges,
+    NEW_MESSAGE_LIMITS, TASK_HEADER, TOKEN_KEY, SESSION_KEY,
     itemMode, capabilities, blockedReason, newMessageFit, newMessageParameters, filterTasks,
     fillMessage, openInNewMessage, makeApi, taggedTaskId, utf8Length,
   };

@@ -45,45 +45,24 @@
     });
   }
 
-  /** Nested app authentication (MSAL.js), only when Relay has an Entra app (MS_CLIENT_ID). */
-  async function microsoftToken() {
+  /**
+   * Nested app authentication (MSAL.js), only when Relay has an Entra app (MS_CLIENT_ID).
+   * MSAL's popup only after InteractionRequiredAuthError and only from a click (interactive).
+   */
+  async function microsoftToken(interactive) {
     if (!state.config.ms_client_id || !state.caps.nestedAppAuth) return null;
     if (typeof msal === "undefined") await loadScript(state.config.msal_script);
-    const pca = await msal.createNestablePublicClientApplication({
-      auth: { clientId: state.config.ms_client_id, authority: "https://login.microsoftonline.com/common" },
-    });
-    const request = { scopes: [state.config.ms_scope] };
-    try {
-      return (await pca.acquireTokenSilent(request)).accessToken;
-    } catch (e) {
-      return (await pca.acquireTokenPopup(request)).accessToken;
+    if (!state.pca) {
+      state.pca = await msal.createNestablePublicClientApplication({
+        auth: { clientId: state.config.ms_client_id, authority: "https://login.microsoftonline.com/common" },
+      });
     }
+    return P.naaToken(state.pca, { scopes: [state.config.ms_scope] }, interactive);
   }
 
   /** Relay's own sign-in page in an Office dialog; it hands back a scoped add-in token. */
   function dialogSignIn() {
-    return new Promise((resolve, reject) => {
-      Office.context.ui.displayDialogAsync(base + "/addin/outlook/sign-in",
-        { height: 60, width: 30, promptBeforeOpen: false }, (result) => {
-          if (result.status === Office.AsyncResultStatus.Failed) {
-            reject(new Error("The sign-in window could not open: " + result.error.message));
-            return;
-          }
-          const dialog = result.value;
-          dialog.addEventHandler(Office.EventType.DialogMessageReceived, (arg) => {
-            dialog.close();
-            try {
-              const msg = JSON.parse(arg.message);
-              if (msg.type === "relay-token" && msg.token) resolve(msg.token);
-              else reject(new Error("Sign-in did not finish."));
-            } catch (e) {
-              reject(new Error("Sign-in did not finish."));
-            }
-          });
-          dialog.addEventHandler(Office.EventType.DialogEventReceived, () =>
-            reject(new Error("The sign-in window was closed.")));
-        });
-    });
+    return P.openSignInDialog(Office, base + "/addin/outlook/sign-in");
   }
 
   async function whoAmI() {
@@ -105,7 +84,7 @@
       storeToken(null);
     }
     try {
-      state.microsoftToken = await microsoftToken();
+      state.microsoftToken = await microsoftToken(false);  // silent only: no click yet
     } catch (e) {
       state.microsoftToken = null;
     }
@@ -121,6 +100,19 @@
   async function signIn() {
     setStatus("");
     try {
+      if (!state.microsoftToken) {
+        // From the rep's click: MSAL may show its popup if interaction is required.
+        state.microsoftToken = await microsoftToken(true).catch(() => null);
+        if (state.microsoftToken) {
+          state.token = state.microsoftToken;
+          const me = await whoAmI();
+          if (me) {
+            await showTasks(me);
+            return;
+          }
+          state.token = null;
+        }
+      }
       const token = await dialogSignIn();
       storeToken(token);
       if (state.microsoftToken) {
@@ -211,7 +203,10 @@
     if (!prefill) return;
     $("fill").disabled = true;
     try {
-      const done = await P.fillMessage(Office, id, prefill);
+      // The header carries the task's opaque tag (it travels with the email to the recipient).
+      const tag = P.capabilities(Office).internetHeaders
+        ? await api.tag(id).then((r) => r.tag, () => null) : null;
+      const done = await P.fillMessage(Office, id, prefill, state.token, tag);
       await api.opened(id).catch(() => {});
       setStatus("Filled from the task" + (done.tagged ? "" : " (this Outlook cannot tag the message, so " +
         "use Mark as sent after sending)") + ". Review it and send.", "success");
@@ -254,6 +249,15 @@
     }
   }
 
+  async function onItemChanged() {
+    state.mode = P.itemMode(Office);
+    document.body.dataset.mode = state.mode;
+    state.selected = null;
+    state.prefill = null;
+    $("preview").hidden = true;
+    if (state.token) await loadTasks();
+  }
+
   function guard(fn) {
     return (...args) => Promise.resolve().then(() => fn(...args)).catch((e) => setStatus(e.message, "error"));
   }
@@ -269,6 +273,8 @@
     $("fill").addEventListener("click", guard(fill));
     $("open-new").addEventListener("click", guard(openNew));
     $("mark-sent").addEventListener("click", guard(markSent));
+    // A pinned pane stays open while the rep moves between messages: refresh on ItemChanged.
+    P.watchItemChanges(Office, guard(onItemChanged));
     const me = await authenticate();
     if (me) {
       await showTasks(me);

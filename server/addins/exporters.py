@@ -15,7 +15,7 @@ from typing import Any
 Exporter = Callable[[Mapping[str, Any]], dict[str, bytes]]
 
 EXPORTERS: dict[str, str] = {
-    "outlook": "server.addins.manifests:export_files",
+    "outlook": "server.addins.versions:export_files",
     "gmail": "server.gmail.deployment:export_files",
 }
 

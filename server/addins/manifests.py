@@ -2,9 +2,10 @@
 
 One :class:`AddinSource` (built from the app configuration) renders both the XML add-in only
 manifest (``manifests/outlook.xml.j2``) and the unified Microsoft 365 app manifest
-(``manifests/outlook.json.j2``). Their version's last part is derived from a hash of what was
-rendered (and of the icons), so any change of configuration, template or icon gives the admin
-center a new version to pick up.
+(``manifests/outlook.json.j2``). Their version's last part is a stored counter that goes up
+whenever :func:`content_hash` (what was rendered, and the icons) changes, so any change of
+configuration, template or icon gives the admin center a higher version to pick up
+(:mod:`server.addins.versions`).
 
 :func:`check_config` says what about the configuration Outlook will refuse; :func:`check_xml`
 makes the checks the XML schema cannot (https URLs, resource ids, lengths, icon sizes, the
@@ -154,20 +155,25 @@ def icon_bytes() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(ASSETS.glob("*.png"))}
 
 
-def manifest_version(source: AddinSource, icons: Mapping[str, bytes]) -> str:
-    """``MAJOR.MINOR.N``: N (0-65535) is a hash of the rendered manifests and the icons.
+def content_hash(source: AddinSource, icons: Mapping[str, bytes]) -> str:
+    """A hash of everything the manifests carry but their version.
 
-    Both manifests are rendered with a placeholder version first, so the number depends on
-    everything else in them; a change anywhere changes the version (up to a 1 in 65,536
-    collision).
+    Both manifests rendered with a placeholder version, and the icons: any change of
+    configuration, template or icon changes it, and so bumps the stored counter
+    (:mod:`server.addins.versions`).
     """
     digest = hashlib.sha256()
     for name in ("outlook.xml.j2", "outlook.json.j2"):
         digest.update(_render(name, source, _VERSION_PLACEHOLDER).encode())
     for name in sorted(icons):
         digest.update(name.encode() + b"\0" + icons[name])
+    return digest.hexdigest()
+
+
+def manifest_version(source: AddinSource, build: int) -> str:
+    """``MAJOR.MINOR.BUILD``: ``OUTLOOK_ADDIN_VERSION`` and the stored counter ``build``."""
     major_minor = ".".join((source.version.split(".") + ["0"])[:2])
-    return f"{major_minor}.{int(digest.hexdigest()[:8], 16) % 65536}"
+    return f"{major_minor}.{int(build)}"
 
 
 @dataclass(frozen=True)
@@ -179,9 +185,10 @@ class Rendered:
     json: bytes
 
 
-def render(source: AddinSource, icons: Mapping[str, bytes] | None = None) -> Rendered:
-    """Render both manifests with their content-derived version."""
-    version = manifest_version(source, icon_bytes() if icons is None else icons)
+def render(source: AddinSource, icons: Mapping[str, bytes] | None = None, *,
+           build: int) -> Rendered:
+    """Render both manifests with version ``MAJOR.MINOR.build`` (``build``: the counter)."""
+    version = manifest_version(source, build)
     xml = _render("outlook.xml.j2", source, version).encode()
     doc = json.loads(_render("outlook.json.j2", source, version))
     return Rendered(version=version, xml=xml,
@@ -204,10 +211,8 @@ def app_package(rendered: Rendered, icons: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def export_files(config: Mapping[str, Any]) -> dict[str, bytes]:
-    """The Outlook deployment files (the ``outlook`` entry of ``server.addins.exporters``)."""
-    icons = icon_bytes()
-    rendered = render(source_from_config(config), icons)
+def files(rendered: Rendered, icons: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The Outlook deployment files of rendered manifests, by file name."""
     return {"outlook.xml": rendered.xml, "outlook.json": rendered.json,
             "outlook-app.zip": app_package(rendered, icons)}
 
@@ -234,7 +239,7 @@ def check_config(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"OUTLOOK_ADDIN_ID is not a GUID ({addin_id})")
     if not re.fullmatch(r"\d{1,5}(\.\d{1,5})?", str(config.get("OUTLOOK_ADDIN_VERSION") or "1.0")):
         problems.append("OUTLOOK_ADDIN_VERSION must be MAJOR or MAJOR.MINOR (numbers), "
-                        "e.g. 1.0; the third part is derived from the manifest's content")
+                        "e.g. 1.0; the third part is a counter raised on every manifest change")
     for name, limit in (("OUTLOOK_DISPLAY_NAME", 30), ("OUTLOOK_PROVIDER", 32)):
         value = str(config.get(name) or "")
         if len(value) > limit:
@@ -447,7 +452,7 @@ def local_fetch(source: AddinSource) -> Callable[[str], bytes | None]:
 def validation_problems(config: Mapping[str, Any]) -> list[str]:
     """Everything wrong with the running configuration's manifest: config and extra checks."""
     source = source_from_config(config)
-    rendered = render(source)
+    rendered = render(source, build=0)  # no check looks at the version's counter
     event_script = (ADDIN_DIR / "events.js").read_text(encoding="utf-8")
     problems = check_config(config)
     extra = check_xml(rendered.xml, production=True, fetch=local_fetch(source),

@@ -17,7 +17,6 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from email.utils import formataddr
 from typing import Any, Protocol
 
@@ -92,21 +91,19 @@ class GmailApi(Protocol):
 
 
 def reply_mime(reply: ReplyDraft) -> bytes:
-    """The reply as MIME: multipart/alternative (text, HTML) with In-Reply-To and References.
+    """The reply as MIME (text and HTML alternatives, In-Reply-To and References).
 
-    Header values with CR or LF are refused by :class:`email.message.EmailMessage`
-    (ValueError), so no value can add a header of its own.
+    Built by :func:`server.mail.headers.build_reply_draft`, the header builder every email
+    goes through: the subject and threading ids come from an incoming email, so anything
+    that could add or bend a header is refused there (:class:`HeaderError`, a ValueError).
     """
-    msg = EmailMessage()
-    msg["To"] = ", ".join(formataddr((name, email)) for email, name in reply.to)
-    msg["Subject"] = reply.subject
-    if reply.in_reply_to:
-        msg["In-Reply-To"] = reply.in_reply_to
-    if reply.references:
-        msg["References"] = reply.references
-    msg.set_content(reply.text or " ")
-    msg.add_alternative(reply.html or "<p></p>", subtype="html")
-    return msg.as_bytes()
+    from server.mail.headers import POLICY, build_reply_draft
+
+    msg = build_reply_draft(
+        to=[formataddr((name, email)) for email, name in reply.to], subject=reply.subject,
+        html=reply.html or "<p></p>", text=reply.text or " ", in_reply_to=reply.in_reply_to,
+        references=reply.references.split())
+    return msg.as_bytes(policy=POLICY)
 
 
 def _headers(payload: Mapping[str, Any]) -> dict[str, str]:

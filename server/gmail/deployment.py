@@ -28,6 +28,12 @@ ENDPOINTS = {
     "message_reply": "/gmail/message/reply",
 }
 
+#: Widgets outside Google's default set that Relay's answers use (``addOnWidgetSet``; when the
+#: field is absent only the default set is available). ``UPDATE_SUBJECT_AND_RECIPIENTS``: the
+#: fill actions' ``updateDraftActionMarkup`` sets the draft's To and Subject, not only its body.
+#: The cards use only default widgets (text, decorated text, plain buttons).
+USED_WIDGETS = ("UPDATE_SUBJECT_AND_RECIPIENTS",)
+
 FILE_NAME = "gmail-deployment.json"
 DRAFT_ACCESS = ("NONE", "METADATA")
 
@@ -82,6 +88,7 @@ def build_deployment(config: Mapping[str, Any]) -> dict[str, Any]:
                 "name": str(config.get("GMAIL_ADDON_NAME") or "Relay"),
                 "logoUrl": logo_url(config),
                 "layoutProperties": {"primaryColor": "#2563eb", "secondaryColor": "#1f2937"},
+                "addOnWidgetSet": {"usedWidgets": list(USED_WIDGETS)},
                 "homepageTrigger": {"runFunction": url("home"), "enabled": True},
                 "universalActions": [
                     {"label": "My email tasks", "runFunction": url("universal_tasks")},

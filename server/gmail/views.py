@@ -217,10 +217,18 @@ def home_list(call: AddOnCall) -> dict[str, Any]:
     return _home(call, trigger=False, update=True)
 
 
-@addon_endpoint("universal_tasks", trigger=False)
+@addon_endpoint("universal_tasks", trigger=True)
 def universal_tasks(call: AddOnCall) -> dict[str, Any]:
-    """Universal action "My email tasks": the home card, from anywhere in Gmail."""
-    return _home(call, trigger=False)
+    """Universal action "My email tasks": the home card, from anywhere in Gmail.
+
+    Kept (it reaches the task list from a message or compose card, where the homepage is not
+    shown) and answered exactly as the homepage trigger is,
+    ``{"action": {"navigations": [{"pushCard": card}]}}``: a universal action is not a card
+    button's action, and Google documents no ``renderActions`` answer for it (Apps Script
+    answers it with its own ``UniversalActionResponse``, "display add-on cards"; Google's
+    HTTP samples answer every trigger with ``action.navigations``).
+    """
+    return _home(call, trigger=True)
 
 
 @addon_endpoint("compose", trigger=True)

@@ -81,6 +81,8 @@ class Observed:
     relay_send: int | None
     auto_reply: bool
     bounce: Bounce | None
+    #: ``X-Relay-Task`` when it is an opaque tag (the task is looked up by the sync).
+    relay_tag: str | None = None
 
 
 def _int(value: object) -> int | None:
@@ -188,6 +190,24 @@ def bounce_of(msg: EmailMessage) -> Bounce | None:
                   diagnostic=diagnostic, original_message_id=original)
 
 
+def _tag(value: object) -> str | None:
+    """An ``X-Relay-Task`` value that is an opaque task tag (not an old numeric id)."""
+    from server.tasks.tags import TAG
+
+    text = str(value or "").strip()
+    return text if TAG.match(text) else None
+
+
+def body_text(raw: bytes) -> str:
+    """A message's plain-text body (its text/plain part), or "" when it has none."""
+    msg = BytesParser(policy=default).parsebytes(raw)
+    try:
+        part = msg.get_body(("plain",))
+        return str(part.get_content()) if part is not None else ""
+    except (LookupError, ValueError):  # an unknown charset or a broken part
+        return ""
+
+
 def observe(raw: bytes, *, provider_id: str, thread_id: str | None = None) -> Observed:
     """Parse a message's bytes into what detection looks at."""
     msg = BytesParser(policy=default).parsebytes(raw)
@@ -203,6 +223,7 @@ def observe(raw: bytes, *, provider_id: str, thread_id: str | None = None) -> Ob
         date=_date(msg), relay_task=_int(msg.get("X-Relay-Task")),
         relay_send=_int(msg.get("X-Relay-Send")),
         auto_reply=bounce is None and is_auto_reply(msg), bounce=bounce,
+        relay_tag=_tag(msg.get("X-Relay-Task")),
     )
 
 

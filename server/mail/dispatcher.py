@@ -125,6 +125,7 @@ from server.outbox.leases import (
     release,
 )
 from server.tasks.models import CompletedVia, Task, TaskStatus
+from server.tasks.tags import tag_for_task
 
 log = logging.getLogger("relay.dispatch")
 
@@ -285,6 +286,7 @@ class Content:
     text: str
     in_reply_to: str | None = None
     thread_hint: str | None = None
+    task_tag: str | None = None
 
 
 class Problem(Exception):
@@ -949,6 +951,9 @@ class Dispatcher:
                     try:
                         content = _content(s, row, transport, self._box(row.owner_id),
                                            self._senders)
+                        if row.task_id is not None:  # X-Relay-Task: the opaque tag
+                            content = replace(
+                                content, task_tag=tag_for_task(s, row.task_id))
                     except Problem as exc:
                         content = exc
                 s.expunge(row)
@@ -1306,7 +1311,7 @@ class Dispatcher:
             return build_message(
                 send_id=row.id, sender=content.sender, to=[row.to_email],
                 subject=content.subject, html=content.html or None, text=content.text,
-                date=self.clock.now(), task_id=row.task_id, in_reply_to=content.in_reply_to,
+                date=self.clock.now(), task_tag=content.task_tag, in_reply_to=content.in_reply_to,
                 thread_id=content.thread_hint, domain=domain, nonce=nonce)
         except HeaderError as exc:
             raise Problem(str(exc)) from None

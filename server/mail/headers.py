@@ -8,7 +8,8 @@ and must both yield exactly the one address given (the CVE-2023-27043 class of a
 refused, not guessed at); at most :data:`MAX_RECIPIENTS` recipients.
 
 The message carries our own ``Message-ID`` (``<relay.{send id}.{random}@{domain}>``), the key
-of reconciliation and sent detection, ``X-Relay-Task`` when the email belongs to a task, and
+of reconciliation and sent detection, ``X-Relay-Task`` with the task's opaque tag
+(:mod:`server.tasks.tags`, never its sequential id) when the email belongs to a task, and
 ``In-Reply-To``/``References`` for a follow-up in the same thread (E3).
 """
 
@@ -168,6 +169,15 @@ def check_message_id(field: str, value: str) -> str:
     return value
 
 
+def check_task_tag(value: str) -> str:
+    """An opaque task tag (``rt_`` + 24 URL-safe characters) for ``X-Relay-Task``; return it."""
+    from server.tasks.tags import TAG
+
+    if not isinstance(value, str) or not TAG.match(value):
+        raise HeaderError("task_tag", f"{value!r} is not a task tag")
+    return value
+
+
 def new_message_id(send_id: int, domain: str, nonce: str | None = None) -> str:
     """Our own Message-ID for a send: ``<relay.{send id}.{random}@{domain}>``."""
     if not _DOMAIN.match(domain):
@@ -196,7 +206,7 @@ def build_message(
     text: str | None,
     date: datetime,
     cc: Sequence[str] = (),
-    task_id: int | None = None,
+    task_tag: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
     thread_id: str | None = None,
@@ -209,7 +219,8 @@ def build_message(
     A follow-up gives ``in_reply_to`` (the previous email's Message-ID) and ``references``
     (its thread's ids; ``in_reply_to`` is appended when missing) and the provider
     ``thread_id``. ``domain`` (default: the sender's) is the right side of our Message-ID.
-    Raises :class:`HeaderError` naming the field for anything unsafe or malformed.
+    ``task_tag`` (the task's opaque tag, :func:`server.tasks.tags.tag_for_task`) becomes
+    ``X-Relay-Task``. Raises :class:`HeaderError` naming the field for anything unsafe or malformed.
     """
     if date.tzinfo is None:
         raise HeaderError("date", "must be timezone-aware")
@@ -252,8 +263,8 @@ def build_message(
         msg["In-Reply-To"] = in_reply_to
     if refs:
         msg["References"] = " ".join(refs)
-    if task_id is not None:
-        msg["X-Relay-Task"] = str(int(task_id))
+    if task_tag is not None:
+        msg["X-Relay-Task"] = check_task_tag(task_tag)
     msg["X-Relay-Send"] = str(int(send_id))
     msg.set_content(text)
     if html is not None:
@@ -261,6 +272,59 @@ def build_message(
     recipients = tuple(r.email for r in (*to_addrs, *cc_addrs))
     return OutboundMessage(send_id=send_id, message_id=message_id, mime=msg,
                            recipients=recipients, thread_id=thread_id)
+
+
+def build_reply_draft(
+    *,
+    to: Sequence[str],
+    subject: str,
+    html: str | None,
+    text: str | None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+) -> EmailMessage:
+    """A reply to be saved as a draft by a provider that adds From, Date and Message-ID itself.
+
+    The Gmail add-on's "Reply with this task" draft: its subject and threading ids come from
+    an incoming email, so every value passes the same checks as :func:`build_message` (one
+    address per recipient, no control or line-separator character, no encoded-word opener,
+    msg-ids only). An ``in_reply_to`` that is not a msg-id is refused; a ``references`` item
+    that is not one is left out (the chain is a hint; Gmail threads by thread id).
+    Raises :class:`HeaderError` naming the field.
+    """
+    if isinstance(to, str):
+        raise HeaderError("to", "give a list of addresses, one per item")
+    to_addrs = [parse_address(f"to[{i}]", v) for i, v in enumerate(to)]
+    if not to_addrs:
+        raise HeaderError("to", "needs at least one recipient")
+    if len(to_addrs) > MAX_RECIPIENTS:
+        raise HeaderError("to", f"at most {MAX_RECIPIENTS} recipients (got {len(to_addrs)})")
+    subject = check_text("subject", subject or "")
+    if html is None and text is None:
+        raise HeaderError("body", "needs an HTML or a text body")
+    if text is None:
+        from server.compose.render import html_to_text
+
+        text = html_to_text(html or "")
+    refs = [r for r in references
+            if isinstance(r, str) and MSG_ID.match(r) and len(r) <= 250]
+    if in_reply_to:
+        check_message_id("in_reply_to", in_reply_to)
+        if in_reply_to not in refs:
+            refs.append(in_reply_to)
+    if len(refs) > 50:
+        refs = refs[:1] + refs[-49:]
+    msg = EmailMessage(policy=POLICY)
+    msg["To"] = [r.header() for r in to_addrs]
+    msg["Subject"] = subject
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if refs:
+        msg["References"] = " ".join(refs)
+    msg.set_content(text or " ")
+    if html is not None:
+        msg.add_alternative(html or "<p></p>", subtype="html")
+    return msg
 
 
 def message_bytes(message: OutboundMessage) -> bytes:

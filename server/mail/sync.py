@@ -27,7 +27,7 @@ from __future__ import annotations
 import imaplib
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,6 +61,7 @@ from server.mail.models import ScheduledSend, SendStatus
 from server.mail.transport import PermanentError, ReauthRequired, TransportError
 from server.outbox.leases import Claim, claim, release
 from server.tasks.models import CompletedVia, Task, TaskStatus
+from server.tasks.tags import task_id_of
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +370,8 @@ def _apply_sent(session: Session, mb: Mailbox, user: User, msg: Incoming,
 
     if detect_send_id(obs) is not None:
         return False  # one of the dispatcher's own emails: it recorded the send itself
+    if obs.relay_tag is not None:  # X-Relay-Task carries the task's opaque tag
+        obs = replace(obs, relay_task=task_id_of(session, obs.relay_tag))
     match = detect.match_sent(obs, _open_tasks(session, mb, obs, user), now)
     if match is None:
         return False
@@ -434,10 +437,23 @@ def _apply_reply(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Obser
                  "contact_id": contact.id, "matched_by": match.rule,
                  "message_id": obs.message_id, "on_reply": action.value,
                  "received_at": _moment(obs, now).isoformat()})
+    _reply_to_salesforce(session, mb, msg, obs, campaign, contact, now)
     if action is not OnReply.CONTINUE:
         reason = "replied" if action is OnReply.END else "replied (success)"
         leave(session, enrollment.id, EnrollmentStatus.REPLIED, reason, now)
     return True
+
+
+def _reply_to_salesforce(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Observed,
+                        campaign: Campaign, contact: Contact, now: datetime) -> None:
+    """Queue the reply's Salesforce activity (nothing when the org does not sync)."""
+    from server.salesforce import enqueue
+
+    enqueue.reply_detected(
+        session, org_id=mb.org_id, owner_id=mb.owner_id, contact_id=contact.id,
+        subject=obs.subject, message_id=obs.message_id or f"{mb.id}:{msg.provider_id}",
+        received_at=_moment(obs, now), now=now, body_text=detect.body_text(msg.raw),
+        campaign_id=campaign.id)
 
 
 def _apply_bounce(session: Session, mb: Mailbox, msg: Incoming, obs: detect.Observed,

@@ -119,10 +119,14 @@ def test_fill_this_message_sets_to_subject_and_body_from_the_prefill(
     assert recorded[1]["args"] == [doc["subject"]]
     assert recorded[3]["args"] == [doc["html"], {"coercionType": "html"}]
     assert "Hi Grace," in doc["html"]
-    assert recorded[4]["args"] == [{"x-relay-task": str(task.id)}]
     page.screenshot(path=str(artifacts / "outlook-taskpane.png"), full_page=True)
 
     session.rollback()  # a fresh snapshot: the server committed in another connection
+    # The header carries the task's opaque tag, never its sequential id.
+    from server.tasks.tags import TaskTag
+
+    tag = session.scalar(select(TaskTag.tag).where(TaskTag.task_id == task.id))
+    assert tag is not None and recorded[4]["args"] == [{"x-relay-task": tag}]
     opened = session.get(Task, task.id)
     assert opened is not None and opened.opened_via is CompletedVia.OUTLOOK
 

@@ -158,3 +158,30 @@ def test_the_add_in_api_is_in_the_openapi_document(client: FlaskClient):
     paths: dict[str, Any] = client.get("/openapi.json").json["paths"]
     assert {"/api/outlook/me", "/api/outlook/link",
             "/api/outlook/tasks/{task_id}/sending"} <= set(paths)
+
+
+def test_the_pane_gets_an_opaque_tag_and_the_handler_reports_by_it(
+        client: FlaskClient, session: Session, world: World):
+    """Is x-relay-task a random tag (stable per task), reported by tag, refused for others?"""
+    from server.tasks.tags import TAG
+
+    email, call = tasks_of(session, world)
+    auth = addin_auth(session, world)
+    first = client.post(f"/api/outlook/tasks/{email.id}/tag", headers=auth, json={})
+    assert first.status_code == 200
+    tag = first.json["tag"]
+    assert TAG.match(tag) and tag != str(email.id)
+    assert client.post(f"/api/outlook/tasks/{email.id}/tag", headers=auth,
+                       json={}).json == {"tag": tag}
+    sent = client.post("/api/outlook/sending", headers=auth, json={"tag": tag})
+    assert sent.status_code == 200 and sent.json == {"first": True}
+    session.rollback()
+    assert session.get(TaskSendReport, email.id).reports == 1
+    assert client.post("/api/outlook/sending", headers=world.auth(world.rep2),
+                       json={"tag": tag}).status_code == 404
+    assert client.post("/api/outlook/sending", headers=auth,
+                       json={"tag": "rt_" + "x" * 24}).status_code == 404
+    assert client.post(f"/api/outlook/tasks/{email.id}/tag", headers=world.auth(world.rep2),
+                       json={}).status_code == 404
+    assert client.post(f"/api/outlook/tasks/{call.id}/tag", headers=auth,
+                       json={}).status_code == 404

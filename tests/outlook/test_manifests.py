@@ -41,8 +41,8 @@ def xsd() -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(xsd_path())))
 
 
-def render(**overrides: Any) -> manifests.Rendered:
-    return manifests.render(manifests.source_from_config({**PROD, **overrides}))
+def render(build: int = 65536, **overrides: Any) -> manifests.Rendered:
+    return manifests.render(manifests.source_from_config({**PROD, **overrides}), build=build)
 
 
 def local(source_config: dict[str, Any] | None = None) -> Any:
@@ -58,7 +58,7 @@ def schema_errors(xsd: etree.XMLSchema, xml: bytes) -> list[str]:
                                     {"PUBLIC_URL": "https://r.example.org/relay/"}])
 def test_rendered_xml_is_valid_against_the_schema(xsd: etree.XMLSchema, config: dict[str, Any]):
     """Does the XML manifest validate against OfficeAppManifestV1_1.xsd (with or without SSO)?"""
-    rendered = manifests.render(manifests.source_from_config(config))
+    rendered = manifests.render(manifests.source_from_config(config), build=65536)
     assert schema_errors(xsd, rendered.xml) == []
 
 
@@ -179,20 +179,61 @@ def test_the_configuration_check_names_what_outlook_refuses():
     assert "MS_CLIENT_ID is not a GUID" in text
 
 
-def test_the_version_changes_with_the_rendered_manifest():
-    """Does any change of what is rendered (URL, name, icons) give a new <Version>?"""
-    base = render()
-    assert base.version.startswith("2.3.")
-    assert render().version == base.version  # deterministic
-    others = {render(PUBLIC_URL="https://relay2.example.com").version,
-              render(OUTLOOK_DISPLAY_NAME="Relay CRM").version,
-              render(MS_CLIENT_ID=None).version,
-              manifests.render(manifests.source_from_config(PROD),
-                               {**manifests.icon_bytes(), "icon-16.png": b"changed"}).version}
-    assert base.version not in others and len(others) == 4
-    root = etree.fromstring(base.xml)
-    assert root.findtext("o:Version", namespaces=NS) == base.version
-    assert json.loads(base.json)["version"] == base.version
+def test_the_content_hash_changes_with_the_rendered_manifest():
+    """Does any change of what is rendered (URL, name, icons) change the content hash?"""
+    def digest(icons: dict[str, bytes] | None = None, **overrides: Any) -> str:
+        return manifests.content_hash(manifests.source_from_config({**PROD, **overrides}),
+                                      manifests.icon_bytes() if icons is None else icons)
+
+    base = digest()
+    assert digest() == base  # deterministic
+    others = {digest(PUBLIC_URL="https://relay2.example.com"),
+              digest(OUTLOOK_DISPLAY_NAME="Relay CRM"), digest(MS_CLIENT_ID=None),
+              digest({**manifests.icon_bytes(), "icon-16.png": b"changed"})}
+    assert base not in others and len(others) == 4
+    rendered = render(build=65540)
+    assert rendered.version == "2.3.65540"
+    root = etree.fromstring(rendered.xml)
+    assert root.findtext("o:Version", namespaces=NS) == rendered.version
+    assert json.loads(rendered.json)["version"] == rendered.version
+
+
+def test_the_stored_counter_only_goes_up(session: Any):
+    """Is the counter kept while the content is the same, and one more on each change?"""
+    from datetime import UTC, datetime
+
+    from server.addins.versions import FIRST_BUILD, next_build
+
+    at = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    assert next_build(session, "outlook", "a" * 64, at) == FIRST_BUILD == 65536
+    assert next_build(session, "outlook", "a" * 64, at) == 65536
+    assert next_build(session, "outlook", "b" * 64, at) == 65537
+    assert next_build(session, "outlook", "a" * 64, at) == 65538  # back to old content: still up
+    session.commit()
+    assert next_build(session, "other", "a" * 64, at) == 65536  # one counter per add-in
+
+
+def test_the_served_version_goes_up_with_every_change(database_url: str):
+    """Served manifests: a change of configuration raises the version, a change back too.
+
+    The last part used to be a hash (1.0.33849 then 1.0.32601); it is the stored counter now.
+    """
+    from server.app import create_app
+    from server.db import dispose
+
+    versions = []
+    for name in ("Relay", "Relay CRM", "Relay"):
+        app = create_app({"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "k",
+                          **PROD, "OUTLOOK_DISPLAY_NAME": name})
+        try:
+            for _ in range(2):  # the same content twice: the same version
+                root = etree.fromstring(app.test_client().get("/manifests/outlook.xml").data)
+                versions.append(root.findtext("o:Version", namespaces=NS))
+            doc = json.loads(app.test_client().get("/manifests/outlook.json").data)
+            assert doc["version"] == versions[-1]
+        finally:
+            dispose(app)
+    assert versions == ["2.3.65536"] * 2 + ["2.3.65537"] * 2 + ["2.3.65538"] * 2
 
 
 def test_the_json_manifest_is_valid_against_the_app_manifest_package_schema():
@@ -216,9 +257,10 @@ def test_the_json_manifest_matches_the_xml_one():
     doc = json.loads(rendered.json)
     assert doc["id"] == PROD["OUTLOOK_ADDIN_ID"]
     ext = doc["extensions"][0]
-    pane, events = ext["runtimes"]
-    assert pane["code"]["page"] == "https://relay.example.com/addin/outlook/taskpane.html"
-    assert pane["actions"][0]["pinnable"] is True
+    pane, read_pane, events = ext["runtimes"]
+    for runtime in (pane, read_pane):
+        assert runtime["code"]["page"] == "https://relay.example.com/addin/outlook/taskpane.html"
+        assert runtime["actions"][0]["pinnable"] is True
     assert events["code"]["script"] == "https://relay.example.com/addin/outlook/events.js"
     assert ext["autoRunEvents"][0]["events"][0] == {
         "type": "messageSending", "actionId": "onMessageSendHandler",
@@ -260,16 +302,37 @@ def test_the_hosted_files_are_served_and_nothing_else_of_addin(client: FlaskClie
     assert 'var RELAY_BASE_URL = "http://127.0.0.1:5000"' in events
 
 
-def test_relay_manifests_export_writes_every_file(runner: Any, tmp_path: Path):
+def test_relay_manifests_export_writes_every_file(runner: Any, tmp_path: Path,
+                                                 database_url: str):
     """Does `relay manifests export DIR` write the XML, the JSON and the package for PUBLIC_URL?"""
     out = tmp_path / "out"
     result = runner.invoke(main, ["manifests", "export", str(out)],
-                           env={"PUBLIC_URL": "https://relay.example.com"},
+                           env={"PUBLIC_URL": "https://relay.example.com",
+                                "DATABASE_URL": database_url},
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["gmail-deployment.json", "outlook-app.zip",
                                                     "outlook.json", "outlook.xml"]
     xml = (out / "outlook.xml").read_bytes()
     assert b"https://relay.example.com/addin/outlook/events.js" in xml
+    assert b"<Version>1.0.65536</Version>" in xml  # the stored counter, from the database
     bad = runner.invoke(main, ["manifests", "export", str(out), "--only", "lotus"])
     assert bad.exit_code != 0 and "unknown add-in lotus" in bad.output
+
+
+def test_no_item_context_is_only_on_a_read_action_with_a_mailbox_1_13_runtime():
+    """Is supportsNoItemContext declared only by the read button's action, in a 1.13 runtime?"""
+    doc = json.loads(render().json)
+    [ext] = doc["extensions"]
+    runtime_of = {a["id"]: r for r in ext["runtimes"] for a in r["actions"]}
+    actions = {a["id"]: a for r in ext["runtimes"] for a in r["actions"]}
+    used = {ctx: [c["actionId"] for t in rb["tabs"] for g in t["groups"] for c in g["controls"]]
+            for rb in ext["ribbons"] for ctx in rb["contexts"]}
+    no_item = [aid for aid, a in actions.items() if a.get("supportsNoItemContext")]
+    assert no_item, "the pinned pane can open with no item selected"
+    for aid in no_item:
+        assert aid in used["mailRead"] and aid not in used["mailCompose"]
+        [cap] = runtime_of[aid]["requirements"]["capabilities"]
+        assert cap["name"] == "Mailbox"
+        assert tuple(int(p) for p in cap["minVersion"].split(".")) >= (1, 13)
+    assert not any(actions[aid].get("supportsNoItemContext") for aid in used["mailCompose"])

@@ -22,4 +22,4 @@ def test_node_unit_tests_of_the_pane_pass():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     passed = int(re.search(r"^# pass (\d+)$", result.stdout, re.M).group(1))
     failed = int(re.search(r"^# fail (\d+)$", result.stdout, re.M).group(1))
-    assert failed == 0 and passed >= 18, result.stdout[-2000:]
+    assert failed == 0 and passed >= 29, result.stdout[-2000:]

@@ -84,3 +84,88 @@ test("header values that are not task ids are ignored", () => {
   assert.equal(mod.relayTaggedTaskId({ "x-relay-task": "12; drop" }), null);
   assert.equal(mod.relayTaggedTaskId({ other: "1" }), null);
 });
+
+// Classic Outlook on Windows runs the handler in a JavaScript-only runtime: OfficeRuntime.storage
+// there is not the pane's, and there is no localStorage. What the pane wrote into the item's
+// sessionData (Mailbox 1.11) when it filled the message is what the handler can read.
+function windowsSetup({ headers, session, storage = {}, local = undefined }) {
+  const associated = {};
+  const completed = [];
+  const fetched = [];
+  const item = { internetHeaders: { getAsync: (names, cb) => cb({ status: "succeeded", value: headers }) } };
+  if (session !== undefined) {
+    item.sessionData = {
+      getAsync: (name, cb) => (name in session
+        ? cb({ status: "succeeded", value: session[name] })
+        : cb({ status: "failed", error: { code: 9057, message: "key not found" } })),
+    };
+  }
+  global.Office = new OfficeMockObject({
+    host: "outlook",
+    AsyncResultStatus: { Succeeded: "succeeded", Failed: "failed" },
+    actions: { associate: (name, fn) => { associated[name] = fn; } },
+    context: { mailbox: { item } },
+  });
+  global.OfficeRuntime = { storage: { getItem: async (key) => (key in storage ? storage[key] : null) } };
+  if (local === undefined) delete global.localStorage; else global.localStorage = { getItem: () => local };
+  global.fetch = async (url, opts) => { fetched.push({ url, opts }); return { ok: true, status: 200 }; };
+  delete require.cache[require.resolve("../events.js")];
+  require("../events.js");
+  return { associated, completed, fetched, event: { completed: (opts) => completed.push(opts) } };
+}
+
+test("classic Windows: the token comes from the item's sessionData and the send is reported", async () => {
+  const s = windowsSetup({ headers: { "x-relay-task": "42" },
+    session: { "relay.send": JSON.stringify({ task: "42", token: "rly_session" }) } });
+  try {
+    s.associated.onMessageSendHandler(s.event);
+    await waitFor(() => s.completed.length > 0);
+    assert.deepEqual(s.completed, [{ allowEvent: true }]);
+    assert.equal(s.fetched.length, 1);
+    assert.match(s.fetched[0].url, /\/api\/outlook\/tasks\/42\/sending$/);
+    assert.equal(s.fetched[0].opts.headers.Authorization, "Bearer rly_session");
+  } finally {
+    delete global.OfficeRuntime;
+  }
+});
+
+test("no sessionData: OfficeRuntime.storage, then localStorage when storage has nothing", async () => {
+  for (const [storage, local, expected] of [
+    [{ "relay.outlook.token": "rly_runtime" }, "rly_local", "Bearer rly_runtime"],
+    [{}, "rly_local", "Bearer rly_local"],
+  ]) {
+    const s = windowsSetup({ headers: { "x-relay-task": "42" }, session: {}, storage, local });
+    try {
+      s.associated.onMessageSendHandler(s.event);
+      await waitFor(() => s.completed.length > 0);
+      assert.equal(s.fetched.length, 1, expected);
+      assert.equal(s.fetched[0].opts.headers.Authorization, expected);
+    } finally {
+      delete global.OfficeRuntime;
+    }
+  }
+});
+
+test("a token in sessionData and nothing tagged: allowed without a request", async () => {
+  const s = windowsSetup({ headers: {}, session: { "relay.send": JSON.stringify({ token: "rly_session" }) } });
+  try {
+    s.associated.onMessageSendHandler(s.event);
+    await waitFor(() => s.completed.length > 0);
+    assert.deepEqual(s.completed, [{ allowEvent: true }]);
+    assert.equal(s.fetched.length, 0);
+  } finally {
+    delete global.OfficeRuntime;
+  }
+});
+
+test("a message tagged with an opaque tag is reported by its tag", async () => {
+  const tag = "rt_Zm9vYmFyYmF6cXV4MTIzNDU2";
+  const s = setup({ headers: { "x-relay-task": tag } });
+  s.associated.onMessageSendHandler(s.event);
+  await waitFor(() => s.completed.length > 0);
+  assert.deepEqual(s.completed, [{ allowEvent: true }]);
+  assert.equal(s.fetched.length, 1);
+  assert.match(s.fetched[0].url, /\/api\/outlook\/sending$/);
+  assert.deepEqual(JSON.parse(s.fetched[0].opts.body), { tag });
+  assert.deepEqual(s.mod.relayTagged({ "X-Relay-Task": "rt_short" }), null);
+});

@@ -32,6 +32,7 @@ function outlookMock({ mode = "compose", sets = { Mailbox: "1.13" }, bodyType = 
       body: { getTypeAsync: answer("body.getTypeAsync", bodyType), setAsync: answer("body.setAsync") },
       internetHeaders: { setAsync: answer("internetHeaders.setAsync"),
         getAsync: answer("internetHeaders.getAsync", {}) },
+      sessionData: { setAsync: answer("sessionData.setAsync") },
     };
   } else if (mode === "read") {
     item = { itemType: "message", subject: "Re: hello", body: { getAsync: answer("body.getAsync", "") } };

@@ -4,6 +4,8 @@ const assert = require("node:assert/strict");
 const P = require("../pane.js");
 const { outlookMock, prefill } = require("./helpers.js");
 
+const TAG = "rt_Zm9vYmFyYmF6cXV4MTIzNDU2";
+
 test("the mode comes from the item: compose, read, or none", () => {
   assert.equal(P.itemMode(outlookMock({ mode: "compose" }).office), "compose");
   assert.equal(P.itemMode(outlookMock({ mode: "read" }).office), "read");
@@ -22,7 +24,7 @@ test("capabilities are asked with isSetSupported", () => {
 
 test("fill sets To, Subject, reads the body type, sets the HTML body and the header, in that order", async () => {
   const { office, calls } = outlookMock({ sets: { Mailbox: "1.8" } });
-  const done = await P.fillMessage(office, 7, prefill());
+  const done = await P.fillMessage(office, 7, prefill(), "rly_tok", TAG);
   assert.deepEqual(calls.map((c) => c.name), [
     "to.setAsync", "subject.setAsync", "body.getTypeAsync", "body.setAsync", "internetHeaders.setAsync",
   ]);
@@ -30,7 +32,7 @@ test("fill sets To, Subject, reads the body type, sets the HTML body and the hea
   assert.equal(calls[1].args[0], "Hello Grace");
   assert.equal(calls[3].args[0], "<p>Hi Grace,</p><p>Best,<br>Rep</p>");
   assert.deepEqual(calls[3].args[1], { coercionType: "html" });
-  assert.deepEqual(calls[4].args[0], { "x-relay-task": "7" });
+  assert.deepEqual(calls[4].args[0], { "x-relay-task": TAG }); // the opaque tag, not the id 7
   assert.deepEqual(done, { bodyType: "html", tagged: true });
 });
 
@@ -45,9 +47,36 @@ test("a plain-text compose window gets the text body; Cc and Bcc are set when pr
   assert.deepEqual(body.args[1], { coercionType: "text" });
 });
 
+test("with Mailbox 1.11 the fill leaves the task and token in the item's sessionData for the send handler", async () => {
+  const { office, calls } = outlookMock({ sets: { Mailbox: "1.11" } });
+  const done = await P.fillMessage(office, 7, prefill(), "rly_tok", TAG);
+  assert.deepEqual(calls.map((c) => c.name).slice(-2), ["internetHeaders.setAsync", "sessionData.setAsync"]);
+  const session = calls[calls.length - 1];
+  assert.equal(session.args[0], "relay.send");
+  assert.deepEqual(JSON.parse(session.args[1]), { task: "7", token: "rly_tok" });
+  assert.equal(done.tagged, true);
+  // Mailbox 1.8 to 1.10: tagged, no sessionData call.
+  const older = outlookMock({ sets: { Mailbox: "1.10" } });
+  await P.fillMessage(older.office, 7, prefill(), "rly_tok", TAG);
+  assert.ok(!older.calls.some((c) => c.name === "sessionData.setAsync"));
+});
+
+test("a refused sessionData write does not undo the fill", async () => {
+  const { office } = outlookMock({ sets: { Mailbox: "1.11" }, failOn: "sessionData.setAsync" });
+  const done = await P.fillMessage(office, 7, prefill(), "rly_tok", TAG);
+  assert.equal(done.tagged, true);
+});
+
+test("without a tag from Relay the message is filled but not tagged (never with the task id)", async () => {
+  const { office, calls } = outlookMock({ sets: { Mailbox: "1.11" } });
+  const done = await P.fillMessage(office, 7, prefill(), "rly_tok", null);
+  assert.equal(done.tagged, false);
+  assert.ok(!calls.some((c) => c.name === "internetHeaders.setAsync" || c.name === "sessionData.setAsync"));
+});
+
 test("without Mailbox 1.8 the message is filled but not tagged", async () => {
   const { office, calls } = outlookMock({ sets: { Mailbox: "1.7" } });
-  const done = await P.fillMessage(office, 7, prefill());
+  const done = await P.fillMessage(office, 7, prefill(), "rly_tok", TAG);
   assert.equal(done.tagged, false);
   assert.ok(!calls.some((c) => c.name === "internetHeaders.setAsync"));
 });

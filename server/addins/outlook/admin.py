@@ -8,6 +8,7 @@ from flask import Blueprint, abort, current_app
 
 from server.accounts.models import Role
 from server.addins import manifests
+from server.addins.versions import outlook_rendered
 from server.web.views import page, require_signed_in
 
 bp = Blueprint("outlook_admin", __name__)
@@ -21,7 +22,7 @@ def outlook_admin() -> Any:
         abort(403)
     cfg = current_app.config
     source = manifests.source_from_config(cfg)
-    rendered = manifests.render(source)
+    rendered, _ = outlook_rendered(current_app._get_current_object())  # type: ignore[attr-defined]
     return page("web/admin/outlook.html", user,
                 source=source, version=rendered.version,
                 manifest_url=f"{source.base}/manifests/outlook.xml",

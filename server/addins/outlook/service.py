@@ -25,15 +25,26 @@ _SEEN_RESOLUTION_SECONDS = 300
 
 
 def tagged_task_id(headers: dict[str, str]) -> int | None:
-    """The Relay task id a message's internet headers carry (``x-relay-task: <id>``), if any.
+    """The old numeric task id a message's internet headers carry (``x-relay-task: <id>``).
 
-    Used by the pane's send report and by mailbox confirmation (Sent Items) of the sending
-    issue; header names are case-insensitive.
+    Messages tagged before opaque tags existed; a tag is read with
+    :func:`server.tasks.tags.task_id_of`. Header names are case-insensitive.
     """
     for name, value in headers.items():
         if name.lower() == TASK_HEADER and re.fullmatch(r"\s*\d{1,15}\s*", value or ""):
             return int(value)
     return None
+
+
+def tag_for_own_task(session: Session, user: User, task_id: int) -> str:
+    """The opaque ``x-relay-task`` tag of one of ``user``'s email tasks (LookupError if not)."""
+    from server.tasks.tags import tag_for_task
+
+    found = session.scalar(select(Task.id).where(Task.id == task_id, Task.owner_id == user.id,
+                                                 Task.type == StepType.EMAIL))
+    if found is None:
+        raise LookupError(f"task {task_id} not found")
+    return tag_for_task(session, task_id)
 
 
 def user_for_identity(session: Session, identity: EntraIdentity, now: datetime) -> User | None:

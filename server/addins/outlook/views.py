@@ -38,6 +38,7 @@ from server.addins.outlook import entra, service
 from server.api.errors import ApiError, not_found
 from server.api.operations import Model, Out, operation
 from server.db import get_session, utcnow
+from server.tasks.tags import task_id_of
 
 bp = Blueprint("outlook", __name__)
 api_bp = Blueprint("outlook_api", __name__, url_prefix="/api/outlook")
@@ -122,9 +123,9 @@ def _rendered() -> tuple[manifests.Rendered, dict[str, bytes]]:
     """The manifests of the running configuration (rendered once per process)."""
     cached = current_app.extensions.get("relay.outlook_manifests")
     if cached is None:
-        icons = manifests.icon_bytes()
-        cached = (manifests.render(manifests.source_from_config(current_app.config), icons),
-                  icons)
+        from server.addins.versions import outlook_rendered
+
+        cached = outlook_rendered(current_app._get_current_object())  # type: ignore[attr-defined]
         current_app.extensions["relay.outlook_manifests"] = cached
     return cached
 
@@ -252,6 +253,18 @@ class SendingOut(Out):
     first: bool
 
 
+class TaggedSendingIn(Model):
+    """The send handler's report by the message's ``x-relay-task`` value (a task tag)."""
+
+    tag: str = Field(min_length=1, max_length=40)
+
+
+class TagOut(Out):
+    """The opaque tag the pane stamps as ``x-relay-task`` (never the task's id)."""
+
+    tag: str
+
+
 def _entra_settings() -> entra.EntraSettings:
     return entra.EntraSettings.from_config(current_app.config)
 
@@ -323,4 +336,35 @@ def sending(task_id: int, body: SendingIn) -> SendingOut:
     except LookupError:
         raise not_found("task") from None
     get_session().commit()
+    return SendingOut(first=first)
+
+
+@operation(api_bp, "/tasks/<int:task_id>/tag", "POST", response=TagOut)
+def task_tag(task_id: int) -> TagOut:
+    """The opaque tag of one of the caller's email tasks, made the first time it is asked.
+
+    The pane stamps it as ``x-relay-task``: the header travels with the email to the
+    recipient, so it carries a random tag rather than the task's sequential id.
+    """
+    session = get_session()
+    try:
+        tag = service.tag_for_own_task(session, api_user(), task_id)
+    except LookupError:
+        raise not_found("task") from None
+    session.commit()
+    return TagOut(tag=tag)
+
+
+@operation(api_bp, "/sending", "POST", body=TaggedSendingIn, response=SendingOut)
+def tagged_sending(body: TaggedSendingIn) -> SendingOut:
+    """Outlook is sending a message whose ``x-relay-task`` is this tag (see ``sending``)."""
+    session = get_session()
+    task_id = task_id_of(session, body.tag)
+    if task_id is None:
+        raise not_found("task")
+    try:
+        first = service.report_sending(session, api_user(), task_id, utcnow())
+    except LookupError:
+        raise not_found("task") from None
+    session.commit()
     return SendingOut(first=first)
