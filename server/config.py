@@ -65,6 +65,7 @@ ENV_VARS: dict[str, str | None] = {
     "RATELIMIT_STORAGE_URI": "memory://",
     "SIGNIN_LIMIT_PER_ACCOUNT": "10 per 15 minutes",
     "SIGNIN_LIMIT_PER_ADDRESS": "50 per 15 minutes",
+    "API_TOKEN_DAYS": "90",
 }
 
 

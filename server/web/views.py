@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
 from server.accounts import throttle
-from server.accounts.auth import CSRF_HEADER, csrf_token, csrf_valid, web_user
+from server.accounts.auth import CSRF_HEADER, csrf_token, csrf_valid, sign_in_session, web_user
 from server.accounts.models import User
-from server.accounts.service import authenticate
+from server.accounts.service import authenticate, end_sessions
 from server.db import get_session
 
 bp = Blueprint("web", __name__, static_folder="static", static_url_path="/web-static")
@@ -66,8 +66,7 @@ def sign_in() -> Any:
             user = authenticate(get_session(), request.form.get("email", ""),
                                 request.form.get("password", ""))
             if user is not None:
-                session.clear()
-                session["user_id"] = user.id
+                sign_in_session(user)
                 return redirect(url_for("web.home"))
             throttle.failed()
             error = "That email and password do not match an account."
@@ -87,8 +86,12 @@ def too_many_attempts(wait: int) -> str:
 
 @bp.post("/sign-out")
 def sign_out() -> Any:
-    """Sign out."""
+    """Sign out: every session of the user ends server-side (copied cookies stop working)."""
     require_csrf()
+    user = web_user()
+    if user is not None:
+        end_sessions(user)
+        get_session().commit()
     session.clear()
     return redirect(url_for("web.sign_in"))
 
