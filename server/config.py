@@ -66,6 +66,7 @@ ENV_VARS: dict[str, str | None] = {
     "SIGNIN_LIMIT_PER_ACCOUNT": "10 per 15 minutes",
     "SIGNIN_LIMIT_PER_ADDRESS": "50 per 15 minutes",
     "API_TOKEN_DAYS": "90",
+    "MAIL_HOST_ALLOWLIST": None,
 }
 
 

@@ -34,7 +34,7 @@ from server.api.errors import ApiError, FieldError, invalid
 from server.api.operations import Model, Out, operation
 from server.crypto import KeyRing, keyring_from_config
 from server.db import get_session, utcnow
-from server.mail import connections, oauth
+from server.mail import connections, hosts, oauth
 from server.mail import mailboxes as mbx
 from server.mail.mailboxes import MailboxError, MailboxStatus, Provider
 
@@ -155,7 +155,8 @@ def connect_smtp(body: SmtpIn) -> MailboxOut:
             settings=body.model_dump(include=set(connections.SMTP_SETTINGS)),
             password=password, keyring=app_keyring() if password else None, now=utcnow(),
             daily_limit=body.daily_limit,
-            verify=connections.verify_smtp if body.verify else None)
+            verify=connections.verify_smtp if body.verify else None,
+            allow=hosts.allowlist(current_app.config))
     except MailboxError as err:
         raise _raise(err) from None
     get_session().commit()
