@@ -40,6 +40,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     errors.init_app(app)
 
+    from server.accounts import throttle
+
+    throttle.init_app(app)
+
+    from server.accounts import views as token_views
+
+    app.register_blueprint(token_views.bp)
+    app.register_blueprint(token_views.pages)
+
     from server.campaigns import views as campaign_views
     from server.compose import outbox_views, prefill_views
     from server.compose import views as template_views

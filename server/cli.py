@@ -176,7 +176,28 @@ def token_create(email: str, name: str) -> None:
         found = session.scalar(select(User).where(User.email == email.strip().lower()))
         if found is None:
             raise _no_user(email)
-        click.echo(create_token(session, found, name))
+        click.echo(create_token(session, found, name,
+                                days=int(app.config.get("API_TOKEN_DAYS") or 90)))
+
+
+@token.command("revoke")
+@click.option("--email", required=True, help="whose token")
+@click.option("--prefix", default=None, help="the token's first 8 characters (see /tokens)")
+@click.option("--id", "token_id", type=int, default=None, help="the token's id")
+@click.option("--all", "all_", is_flag=True, help="every token of the user")
+def token_revoke(email: str, prefix: str | None, token_id: int | None, all_: bool) -> None:
+    """Revoke a user's API token (by prefix or id), or all of them with --all."""
+    from server.accounts.service import revoke_tokens
+
+    if not all_ and prefix is None and token_id is None:
+        raise click.UsageError("give --prefix, --id or --all")
+    app = _app()
+    with session_scope(app) as session:
+        found = session.scalar(select(User).where(User.email == email.strip().lower()))
+        if found is None:
+            raise _no_user(email)
+        count = revoke_tokens(session, found, token_id=token_id, prefix=prefix)
+    click.echo(f"revoked {count} token(s) of {found.email}")
 
 
 @main.group()

@@ -70,6 +70,12 @@ ENV_VARS: dict[str, str | None] = {
     "GOOGLE_TOKEN_URI": None,
     "MS_AUTHORITY": None,
     "GRAPH_BASE_URL": None,
+    # Sign-in throttling and sessions (server/accounts/; the README's Security section).
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "SIGNIN_LIMIT_PER_ACCOUNT": "10 per 15 minutes",
+    "SIGNIN_LIMIT_PER_ADDRESS": "50 per 15 minutes",
+    "API_TOKEN_DAYS": "90",
+    "MAIL_HOST_ALLOWLIST": None,
 }
 
 

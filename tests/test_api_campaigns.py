@@ -408,7 +408,10 @@ def test_another_orgs_campaign_is_not_found(client: FlaskClient, session: Sessio
 
 def test_another_reps_enrollment_and_task_are_not_found(client: FlaskClient, session: Session,
                                                         world: World):
-    """Are another rep's enrollment and task a 404 (read, plan, remove, complete, skip)?"""
+    """Are another rep's enrollment and task a 404 (read, plan, remove, complete, skip)?
+
+    An admin of the org reads them (README, Security); their queue stays their own.
+    """
     contact = make_contact(session, world.rep2, "theirs@example.com")
     session.commit()
     h2 = world.auth(world.rep2)
@@ -418,7 +421,12 @@ def test_another_reps_enrollment_and_task_are_not_found(client: FlaskClient, ses
     assert r.status_code == 201, r.json
     eid = r.json["enrolled"][0]["enrollment_id"]
     tid = client.get("/api/tasks", headers=h2).json["items"][0]["id"]
-    for user in (world.rep, world.admin, world.outsider):
+    ha = world.auth(world.admin)
+    assert client.get(f"/api/enrollments/{eid}", headers=ha).status_code == 200
+    assert client.get(f"/api/enrollments/{eid}/plan", headers=ha).status_code == 200
+    assert client.get(f"/api/tasks/{tid}", headers=ha).status_code == 200
+    assert client.get("/api/tasks", headers=ha).json["total"] == 0
+    for user in (world.rep, world.outsider):
         h = world.auth(user)
         assert client.get(f"/api/enrollments/{eid}", headers=h).status_code == 404
         assert client.get(f"/api/enrollments/{eid}/plan", headers=h).status_code == 404

@@ -42,13 +42,16 @@ def test_create_read_update_delete_template(client: FlaskClient, session: Sessio
 
 def test_templates_are_shared_across_the_org(client: FlaskClient, session: Session,
                                              world: World):
-    """Does every user of an org see and edit the org's templates, listed by name?"""
+    """Does every rep of an org see the org's templates, by name, and only the owner edit?"""
     make_template(session, world.rep, "Zeta")
     alpha = make_template(session, world.rep2, "Alpha")
     session.commit()
     r = client.get("/api/templates", headers=world.auth(world.rep))
     assert [t["name"] for t in r.json["items"]] == ["Alpha", "Zeta"]
     r = client.patch(f"/api/templates/{alpha.id}", headers=world.auth(world.rep),
+                     json={"name": "Alpha 2"})
+    assert r.status_code == 403
+    r = client.patch(f"/api/templates/{alpha.id}", headers=world.auth(world.rep2),
                      json={"name": "Alpha 2"})
     assert r.status_code == 200
 

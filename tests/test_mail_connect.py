@@ -166,6 +166,7 @@ def test_google_connect_with_pkce_and_state(mail_app, world, session, monkeypatc
     try:
         mail_app.config["GOOGLE_TOKEN_URI"] = tokens.url
         client = mail_app.test_client()
+        web_sign_in(client, "rep@a.test")  # the browser completing consent is the rep's
         resp = client.post("/api/mailbox/oauth/google/start", headers=world.auth(world.rep))
         url = resp.json["authorization_url"]
         parts = urlsplit(url)
@@ -213,6 +214,7 @@ def test_google_refusal_leaves_nothing_connected(mail_app, world, session, monke
     try:
         mail_app.config["GOOGLE_TOKEN_URI"] = tokens.url
         client = mail_app.test_client()
+        web_sign_in(client, "rep@a.test")
         url = client.post("/api/mailbox/oauth/google/start",
                           headers=world.auth(world.rep)).json["authorization_url"]
         state = parse_qs(urlsplit(url).query)["state"][0]
@@ -255,6 +257,7 @@ def test_microsoft_connect_through_msal(mail_app, world, session, tenants, ok, c
     flow = MicrosoftOAuth(mail_app.config, http_client=http)
     mail_app.extensions["relay.oauth_providers"] = {Provider.MICROSOFT: flow}
     client = mail_app.test_client()
+    web_sign_in(client, "rep@a.test")
     url = client.post("/api/mailbox/oauth/microsoft/start",
                       headers=world.auth(world.rep)).json["authorization_url"]
     q = parse_qs(urlsplit(url).query)
@@ -309,6 +312,7 @@ def test_google_grants_other_scopes(mail_app, world, session, monkeypatch, extra
     try:
         mail_app.config["GOOGLE_TOKEN_URI"] = tokens.url
         client = mail_app.test_client()
+        web_sign_in(client, "rep@a.test")
         url = client.post("/api/mailbox/oauth/google/start",
                           headers=world.auth(world.rep)).json["authorization_url"]
         state = parse_qs(urlsplit(url).query)["state"][0]
@@ -360,3 +364,88 @@ def test_resolver_keeps_a_rotated_microsoft_refresh_token(mail_app, world, sessi
     mb = session.scalar(select(Mailbox).execution_options(populate_existing=True))
     assert mbx.read_secret(mb, ring) == {"refresh_token": "rt-2"}
     assert "rt-2" not in (mb.secret or "")
+
+
+# -- the callback is bound to the signed-in user who started it ------------------------------
+
+
+class StubFlow:
+    """An OAuthProvider stand-in: a consent URL carrying the state; finish grants a mailbox."""
+
+    def __init__(self):
+        self.finished = 0
+
+    def start(self, state, redirect_uri):
+        return f"https://consent.example.test/?state={state}", {"v": 1}
+
+    def finish(self, params, kept, redirect_uri):
+        from server.mail.oauth import Grant
+
+        self.finished += 1
+        return Grant(email="victim@acme.test", display_name="Victim",
+                     refresh_token="victim-refresh", settings={})
+
+
+def web_sign_in(client, email):
+    """Sign ``client`` in through the sign-in form."""
+    import re
+
+    page = client.get("/sign-in").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    r = client.post("/sign-in", data={"csrf": csrf, "email": email, "password": "secret-pw"})
+    assert r.status_code == 302
+
+
+def _callback(client, provider, state):
+    path = f"/mailbox/oauth/{provider}/callback"
+    if provider == "microsoft":
+        r = client.post(path, data={"code": "c", "state": state})
+        if r.status_code == 200 and b"relay_resumed" in r.data:
+            # no SameSite=Lax cookie on the cross-site form_post: the page posts it again
+            r = client.post(path, data={"code": "c", "state": state, "relay_resumed": "1"})
+        return r
+    return client.get(f"{path}?code=c&state={state}")
+
+
+@pytest.mark.parametrize("provider", ["google", "microsoft"])
+@pytest.mark.parametrize("completer", ["colleague", "anonymous"])
+def test_callback_only_completes_for_the_user_who_started(mail_app, world, session, provider,
+                                                         completer):
+    """A consent URL started by one rep and completed in another's browser stores nothing."""
+    flow = StubFlow()
+    mail_app.extensions["relay.oauth_providers"] = {Provider(provider): flow}
+    attacker = mail_app.test_client()
+    url = attacker.post(f"/api/mailbox/oauth/{provider}/start",
+                        headers=world.auth(world.rep)).json["authorization_url"]
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    victim = mail_app.test_client()
+    if completer == "colleague":
+        web_sign_in(victim, "rep2@a.test")
+    cb = _callback(victim, provider, state)
+    assert cb.status_code == 400
+    assert flow.finished == 0  # the code was never redeemed
+    session.rollback()
+    assert session.scalar(select(Mailbox)) is None
+    # the state is spent: the starter cannot replay it either
+    web_sign_in(attacker, "rep@a.test")
+    assert _callback(attacker, provider, state).status_code == 400
+    session.rollback()
+    assert session.scalar(select(Mailbox)) is None
+
+
+@pytest.mark.parametrize("provider", ["google", "microsoft"])
+def test_callback_completes_in_the_starters_signed_in_browser(mail_app, world, session,
+                                                              provider):
+    """The rep who started (by API token) and is signed in in the browser gets the mailbox."""
+    flow = StubFlow()
+    mail_app.extensions["relay.oauth_providers"] = {Provider(provider): flow}
+    client = mail_app.test_client()
+    web_sign_in(client, "rep@a.test")
+    url = client.post(f"/api/mailbox/oauth/{provider}/start",
+                      headers=world.auth(world.rep)).json["authorization_url"]
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    cb = _callback(client, provider, state)
+    assert cb.status_code == 302 and flow.finished == 1
+    session.rollback()
+    mb = session.scalar(select(Mailbox))
+    assert mb.owner_id == world.rep.id and mb.email == "victim@acme.test"

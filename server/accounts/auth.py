@@ -90,9 +90,23 @@ def _session_user() -> User | None:
     return web_user()
 
 
+def sign_in_session(user: User) -> None:
+    """Start a fresh web session for ``user`` (bound to their current session generation)."""
+    session.clear()
+    session["user_id"] = user.id
+    session["gen"] = user.session_generation or 0
+
+
 def web_user() -> User | None:
-    """The signed-in user of a web page, or None."""
+    """The signed-in user of a web page, or None.
+
+    The cookie must carry the user's current session generation: sign-out bumps it, so a
+    cookie copied before sign-out no longer signs anyone in.
+    """
     user_id = session.get("user_id")
     if user_id is None:
         return None
-    return get_session().get(User, user_id)
+    user = get_session().get(User, user_id)
+    if user is None or session.get("gen") != (user.session_generation or 0):
+        return None
+    return user

@@ -41,6 +41,8 @@ class User(Base):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     role: Mapped[Role] = mapped_column(enum_column(Role), default=Role.REP)
     password_hash: Mapped[str | None] = mapped_column(String(300), default=None)
+    #: Bumped by sign-out: a session cookie carrying an older generation is no longer valid.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     org: Mapped[Org] = relationship(lazy="joined")
@@ -61,3 +63,5 @@ class ApiToken(Base):
     scope: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: After this moment the token is refused (``API_TOKEN_DAYS`` after creation).
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -350,9 +350,14 @@ def end(campaign_id: int) -> EndOut:
 def _enrollment(enrollment_id: int) -> Enrollment:
     from sqlalchemy import select
 
+    from server.accounts.models import Role
+
     user = api_user()
+    # Reps see their own; an admin any of the org's (README, Security).
+    mine = (Enrollment.org_id == user.org_id if user.role is Role.ADMIN
+            else Enrollment.owner_id == user.id)
     enrollment = get_session().scalar(select(Enrollment).where(
-        Enrollment.id == enrollment_id, Enrollment.owner_id == user.id))
+        Enrollment.id == enrollment_id, mine))
     if enrollment is None:
         raise not_found("enrollment")
     return enrollment

@@ -57,10 +57,16 @@ def mailbox_connected(session: Session, user: User) -> bool:
     return mb is not None and mb.status is MailboxStatus.CONNECTED
 
 
-def _lock_task(session: Session, user: User, task_id: int) -> Task:
-    """The rep's task, locked so that two schedules of it cannot both insert a row."""
+def _lock_task(session: Session, user: User, task_id: int, *, admin_ok: bool = False) -> Task:
+    """The rep's task, locked so that two schedules of it cannot both insert a row.
+
+    ``admin_ok``: an admin of the org may close any of its tasks (the sharing policy).
+    """
+    from server.tasks.service import acts_on
+
     task = session.scalar(
-        select(Task).where(Task.id == task_id, Task.owner_id == user.id)
+        select(Task).where(Task.id == task_id,
+                           acts_on(user) if admin_ok else Task.owner_id == user.id)
         .with_for_update().execution_options(populate_existing=True)
     )
     if task is None:
@@ -162,7 +168,7 @@ def cancel_task_send(session: Session, user: User, task_id: int, *, reason: str,
     Returns True when a send was cancelled. One already claimed by the sender is a
     ``Conflict``: it may be leaving right now, so the task cannot be closed under it.
     """
-    _lock_task(session, user, task_id)
+    _lock_task(session, user, task_id, admin_ok=True)
     sends = session.scalars(
         select(ScheduledSend).where(ScheduledSend.task_id == task_id,
                                     ScheduledSend.status.in_(ACTIVE)).with_for_update()

@@ -7,13 +7,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.accounts.models import User
+from server.accounts.models import Role, User
 from server.api.errors import FieldError
 from server.campaigns.models import Campaign, CampaignStatus, CampaignStep
 from server.campaigns.spec import SendOption, StepType
 from server.compose.models import Template
 from server.compose.render import MAX_OUTPUT, check_template, template_prompts
-from server.errors import Invalid
+from server.errors import Forbidden, Invalid
 
 #: The largest template body, in bytes of UTF-8 (the same cap as a rendered email).
 MAX_BODY = MAX_OUTPUT
@@ -23,6 +23,22 @@ MAX_PROBLEMS = 20
 
 class TemplateTooLarge(Invalid):
     """A template body over :data:`MAX_BODY` (the API answers 413, pages show it as a 422)."""
+
+
+def may_change_template(user: User, template: Template) -> bool:
+    """True when ``user`` may change or delete ``template``: its owner, or an admin of its org.
+
+    Every rep of the org may read and use a template (README, Security).
+    """
+    if template.org_id != user.org_id:
+        return False
+    return user.role is Role.ADMIN or template.created_by_id == user.id
+
+
+def require_change_template(user: User, template: Template) -> None:
+    """Raise Forbidden (403) unless ``user`` may change ``template``."""
+    if not may_change_template(user, template):
+        raise Forbidden("only the template's owner or an admin can change or delete it")
 
 
 def get_template(session: Session, user: User, template_id: int) -> Template | None:

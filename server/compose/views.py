@@ -96,9 +96,11 @@ def read(template_id: int) -> TemplateOut:
 
 @operation(bp, "/<int:template_id>", "PATCH", body=TemplatePatch, response=TemplateOut)
 def update(template_id: int, body: TemplatePatch) -> TemplateOut:
-    """Change a template; campaigns using it pick the change up for emails not yet rendered."""
+    """Change a template (its owner or an admin); campaigns using it pick the change up."""
     try:
-        template = service.update_template(get_session(), _load(template_id),
+        template = _load(template_id)
+        service.require_change_template(api_user(), template)
+        template = service.update_template(get_session(), template,
                                            body.model_dump(exclude_unset=True))
     except service.TemplateTooLarge as exc:
         raise _too_large(exc) from None
@@ -108,8 +110,9 @@ def update(template_id: int, body: TemplatePatch) -> TemplateOut:
 
 @operation(bp, "/<int:template_id>", "DELETE", response=Deleted)
 def delete(template_id: int) -> Deleted:
-    """Delete a template that no campaign step uses."""
+    """Delete a template that no campaign step uses (its owner or an admin)."""
     template = _load(template_id)
+    service.require_change_template(api_user(), template)
     session = get_session()
     used = session.scalar(select(CampaignStep.campaign_id).where(
         CampaignStep.template_id == template.id).limit(1))

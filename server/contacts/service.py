@@ -12,7 +12,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.accounts.models import User
+from server.accounts.models import Role, User
 from server.accounts.service import valid_timezone
 from server.api.errors import FieldError
 from server.contacts.models import Contact
@@ -95,10 +95,13 @@ def update_contact(session: Session, contact: Contact, values: dict[str, Any]) -
 
 
 def get_contact(session: Session, user: User, contact_id: int) -> Contact | None:
-    """A contact the user owns, or None (another rep's contact is not found)."""
-    return session.scalar(
-        select(Contact).where(Contact.id == contact_id, Contact.owner_id == user.id)
-    )
+    """A contact the user owns (an admin: any of the org's), or None.
+
+    Another rep's contact is not found; lists stay the caller's own (README, Security).
+    """
+    mine = (Contact.org_id == user.org_id if user.role is Role.ADMIN
+            else Contact.owner_id == user.id)
+    return session.scalar(select(Contact).where(Contact.id == contact_id, mine))
 
 
 def list_contacts(

@@ -4,6 +4,20 @@ The API (``/api/mailbox``, Bearer token) starts every connection; Google and Mic
 send the rep's browser back to ``/mailbox/oauth/<provider>/callback``, which finishes it and
 redirects to the web app. Secrets are accepted (SMTP password) but never returned: responses
 carry :class:`MailboxOut`, built from the masked view.
+
+Binding the callback to the user who started. The start (API token or the mailbox page)
+returns the consent URL and sets no cookie; the callback then requires that the browser
+coming back carries a Relay session for the *same* user who started (the ``state`` row names
+its owner). Anything else — another rep signed in, or no Relay session at all — answers 400,
+spends the state and stores nothing, for Google and Microsoft alike. We chose the session
+check over a separate one-time nonce cookie because every legitimate completion already
+happens in the rep's own browser where they use Relay, it needs no extra page before consent,
+and the session cookie is ``HttpOnly`` and ``SameSite=Lax`` (sent on Google's top-level GET
+redirect). Microsoft's ``response_mode=form_post`` arrives as a cross-site POST, on which
+browsers do not send a ``SameSite=Lax`` cookie: such a POST without a session is answered with
+a small page that posts the same fields back to the callback from Relay's own origin
+(same-site, so the cookie comes along), and the check is made then. A consent URL forwarded
+to a colleague therefore cannot connect the colleague's mailbox to the starter's account.
 """
 
 from __future__ import annotations
@@ -11,16 +25,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import Blueprint, current_app, flash, redirect, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from pydantic import Field, SecretStr
 
-from server.accounts.auth import api_user
+from server.accounts.auth import api_user, web_user
 from server.accounts.models import User
 from server.api.errors import ApiError, FieldError, invalid
 from server.api.operations import Model, Out, operation
 from server.crypto import KeyRing, keyring_from_config
 from server.db import get_session, utcnow
-from server.mail import connections, oauth
+from server.mail import connections, hosts, oauth
 from server.mail import mailboxes as mbx
 from server.mail.mailboxes import MailboxError, MailboxStatus, Provider
 
@@ -141,7 +155,8 @@ def connect_smtp(body: SmtpIn) -> MailboxOut:
             settings=body.model_dump(include=set(connections.SMTP_SETTINGS)),
             password=password, keyring=app_keyring() if password else None, now=utcnow(),
             daily_limit=body.daily_limit,
-            verify=connections.verify_smtp if body.verify else None)
+            verify=connections.verify_smtp if body.verify else None,
+            allow=hosts.allowlist(current_app.config))
     except MailboxError as err:
         raise _raise(err) from None
     get_session().commit()
@@ -190,11 +205,17 @@ def oauth_callback(provider: str) -> Any:
         return "unknown provider", 404
     prov = Provider(provider)
     # Google answers with a GET, Microsoft (response_mode=form_post) with a form POST; the
-    # one-time ``state`` is what ties either to the rep who started (no cookie is needed).
+    # one-time ``state`` names the rep who started, and the browser coming back must be
+    # signed in to Relay as that rep (module doc).
     params = {k: v for k, v in request.values.items()
               if k in ("code", "state", "error", "session_state", "client_info", "scope")}
     state = params.get("state", "")
     session = get_session()
+    caller = web_user()
+    if caller is None and request.method == "POST" and not request.form.get("relay_resumed"):
+        # A cross-site form_post carries no SameSite=Lax cookie: post it again from our origin.
+        return render_template("web/oauth_resume.html", fields=params,
+                               action=url_for("mailbox_oauth.oauth_callback", provider=provider))
     pending = oauth.pending_state(session, state, utcnow()) if state else None
     if pending is None or pending.provider is not prov:
         return ("This connection link expired or was already used. Start again from Relay.",
@@ -204,7 +225,8 @@ def oauth_callback(provider: str) -> Any:
     try:
         oauth.finish_oauth(session, state=state, params=params, flow=oauth_flow(prov),
                            keyring=app_keyring(), redirect_uri=redirect_uri(prov),
-                           org_id=owner.org_id, now=utcnow())
+                           org_id=owner.org_id, caller_id=caller.id if caller else None,
+                           now=utcnow())
     except MailboxError as err:
         session.commit()  # the state is spent either way
         return (f"Could not connect the mailbox: {err.message}", 400)

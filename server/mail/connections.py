@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from server.accounts.models import User
 from server.crypto import KeyRing
+from server.mail import hosts
 from server.mail.headers import HeaderError, parse_address
 from server.mail.mailboxes import Mailbox, MailboxError, Provider, connect
 from server.mail.transport import TransportError
@@ -27,22 +28,36 @@ SMTP_SETTINGS = ("smtp_host", "smtp_port", "smtp_security", "smtp_username", "im
                  "imap_port", "imap_security", "imap_sent_folder", "imap_drafts_folder")
 
 
-def verify_smtp(settings: dict[str, Any], password: str | None) -> None:
-    """Log in to the SMTP server once; MailboxError (field ``smtp_host``) when refused."""
-    from server.mail.providers.smtp import SmtpTransport, config_from_settings
+def verify_smtp(settings: dict[str, Any], password: str | None,
+                allow: frozenset[str] = frozenset()) -> None:
+    """Log in to the SMTP server once; MailboxError (field ``smtp_host``) when refused.
 
+    The socket's peer is checked again (:mod:`server.mail.hosts`), and the message never
+    carries what the remote server answered (it could be any internal service).
+    """
+    from server.mail.providers.smtp import SmtpTransport, config_from_settings
+    from server.mail.transport import ReauthRequired
+
+    cfg = config_from_settings(settings, password)
     try:
-        SmtpTransport(config_from_settings(settings, password)).verify()
-    except TransportError as err:
-        raise MailboxError(f"could not log in: {err.reason}", "smtp_host") from None
+        SmtpTransport(cfg, smtp_factory=hosts.smtp_factory(cfg.security, allow)).verify()
+    except ReauthRequired:
+        raise MailboxError("the SMTP server refused this username and password",
+                           "smtp_host") from None
+    except TransportError:
+        raise MailboxError(f"could not connect and log in to an SMTP server at "
+                           f"{cfg.host}:{cfg.port}", "smtp_host") from None
 
 
 def connect_smtp(session: Session, user: User, *, email: str, display_name: str,
                  settings: dict[str, Any], password: str | None, keyring: KeyRing | None,
                  now: datetime, daily_limit: int | None = None,
-                 verify: Callable[[dict[str, Any], str | None], None] | None = verify_smtp
-                 ) -> Mailbox:
-    """Connect the rep's SMTP (+ IMAP) mailbox; the password is stored encrypted."""
+                 verify: Callable[..., None] | None = verify_smtp,
+                 allow: frozenset[str] = frozenset()) -> Mailbox:
+    """Connect the rep's SMTP (+ IMAP) mailbox; the password is stored encrypted.
+
+    The SMTP and IMAP hosts must be public or in ``allow`` (``MAIL_HOST_ALLOWLIST``).
+    """
     try:
         addr = parse_address("email", email)
     except HeaderError as err:
@@ -50,8 +65,9 @@ def connect_smtp(session: Session, user: User, *, email: str, display_name: str,
     kept = {k: settings[k] for k in SMTP_SETTINGS if settings.get(k) not in (None, "")}
     if "smtp_host" not in kept:
         raise MailboxError("is required", "smtp_host")
+    hosts.check_settings(kept, allow)
     if verify is not None:
-        verify(kept, password)
+        verify(kept, password, allow)
     return connect(session, org_id=user.org_id, owner_id=user.id, provider=Provider.SMTP,
                    email=addr.email, display_name=display_name or addr.name, settings=kept,
                    secret={"password": password} if password else None,

@@ -6,6 +6,12 @@ the rep's browser to ``/mailbox/oauth/<provider>/callback?code=&state=``, where
 :func:`finish_oauth` looks the state up (once: it is deleted), exchanges the code and connects
 the rep's mailbox with the encrypted refresh token.
 
+The callback completes only for the Relay user who started: :func:`finish_oauth` is given the
+user signed in to Relay in the browser that comes back (``caller_id``) and refuses, before the
+code is redeemed, when it is not the state's owner (or nobody is signed in). The state is spent
+either way, so a consent URL sent to a colleague can neither connect the colleague's mailbox
+to the starter's account nor be replayed afterwards.
+
 Google goes through google-auth-oauthlib's ``Flow`` (``access_type=offline``,
 ``prompt=consent`` so a refresh token is always issued, S256 code challenge); Microsoft through
 msal's ``initiate_auth_code_flow`` / ``acquire_token_by_auth_code_flow`` (which add PKCE and a
@@ -190,8 +196,12 @@ def pending_state(session: Session, state: str, now: datetime) -> OAuthState | N
 
 def finish_oauth(session: Session, *, state: str, params: Mapping[str, str],
                  flow: OAuthProvider, keyring: KeyRing, redirect_uri: str, org_id: int,
-                 now: datetime) -> Mailbox:
-    """Complete a connection from the callback: the state is used once, then deleted."""
+                 caller_id: int | None, now: datetime) -> Mailbox:
+    """Complete a connection from the callback: the state is used once, then deleted.
+
+    ``caller_id`` is the Relay user signed in to the browser completing the callback; anyone
+    but the user who started (nobody included) is refused before the code is redeemed.
+    """
     row = pending_state(session, state, now)
     if row is None:
         raise MailboxError("this connection link expired or was already used; start again",
@@ -200,6 +210,10 @@ def finish_oauth(session: Session, *, state: str, params: Mapping[str, str],
     owner_id, provider = row.owner_id, Provider(row.provider)
     session.delete(row)
     session.flush()
+    if caller_id is None or caller_id != owner_id:
+        raise MailboxError("this connection was started by another Relay user, or you are not "
+                           "signed in to Relay in this browser: sign in and start again",
+                           "state")
     if params.get("error"):
         raise MailboxError(f"the provider answered: {params['error']}")
     grant = flow.finish(params, kept, redirect_uri)

@@ -8,10 +8,10 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import ColumnElement, Row, func, select, update
 from sqlalchemy.orm import Session
 
-from server.accounts.models import User
+from server.accounts.models import Role, User
 from server.campaigns.models import Campaign, StepStatus
 from server.campaigns.progress import step_finished
 from server.campaigns.spec import StepType
@@ -76,6 +76,16 @@ _COLUMNS = (
 )
 
 
+def acts_on(user: User) -> ColumnElement[bool]:
+    """The tasks ``user`` may read and act on by id: their own; an admin, any of their org's.
+
+    The queue (:func:`list_tasks`) stays the caller's own tasks (README, Security).
+    """
+    if user.role is Role.ADMIN:
+        return Task.org_id == user.org_id
+    return Task.owner_id == user.id
+
+
 def list_tasks(session: Session, user: User, flt: TaskFilter,
                now: datetime) -> tuple[list[Row[Any]], int]:
     """One page of the rep's tasks (soonest due first) and the total matching the filter."""
@@ -102,12 +112,12 @@ def list_tasks(session: Session, user: User, flt: TaskFilter,
 
 
 def get_task_row(session: Session, user: User, task_id: int) -> Row[Any] | None:
-    """One of the rep's tasks with its campaign and contact, or None (another rep's is None)."""
+    """A task the user may act on (:func:`acts_on`) with its campaign and contact, or None."""
     return session.execute(
         select(*_COLUMNS)
         .join(Campaign, Campaign.id == Task.campaign_id)
         .join(Contact, Contact.id == Task.contact_id)
-        .where(Task.id == task_id, Task.owner_id == user.id)
+        .where(Task.id == task_id, acts_on(user))
     ).first()
 
 
@@ -116,13 +126,12 @@ def _finish(session: Session, user: User, task_id: int, status: TaskStatus,
     """Move an open task to ``status``; True if this call did it, False if it was already so."""
     changed = session.execute(
         update(Task)
-        .where(Task.id == task_id, Task.owner_id == user.id, Task.status == TaskStatus.OPEN)
+        .where(Task.id == task_id, acts_on(user), Task.status == TaskStatus.OPEN)
         .values(status=status, completed_at=now, **values)
     ).rowcount
     if changed:
         return True
-    current = session.scalar(select(Task.status).where(Task.id == task_id,
-                                                       Task.owner_id == user.id))
+    current = session.scalar(select(Task.status).where(Task.id == task_id, acts_on(user)))
     if current is None:
         return False
     if current is status:
@@ -192,13 +201,12 @@ def record_opened(session: Session, user: User, task_id: int, via: CompletedVia,
     """
     changed = session.execute(
         update(Task)
-        .where(Task.id == task_id, Task.owner_id == user.id, Task.opened_at.is_(None),
+        .where(Task.id == task_id, acts_on(user), Task.opened_at.is_(None),
                Task.status == TaskStatus.OPEN)
         .values(opened_at=now, opened_via=via)
     ).rowcount
     if not changed:
-        if session.scalar(select(Task.id).where(Task.id == task_id,
-                                                Task.owner_id == user.id)) is None:
+        if session.scalar(select(Task.id).where(Task.id == task_id, acts_on(user))) is None:
             raise LookupError(f"task {task_id} not found")
         return False
     task = session.get(Task, task_id)

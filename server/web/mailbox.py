@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, flash, redirect, request, url_for
 
 from server.db import get_session, utcnow
-from server.mail import connections, oauth
+from server.mail import connections, hosts, oauth
 from server.mail import mailboxes as mbx
 from server.mail.connect_views import app_keyring, oauth_flow, redirect_uri
 from server.mail.mailboxes import MailboxError, Provider
@@ -64,7 +64,7 @@ def connect_smtp() -> Any:
                                  display_name=form.get("display_name", "").strip(),
                                  settings=settings, password=form.get("password") or None,
                                  keyring=app_keyring() if form.get("password") else None,
-                                 now=utcnow())
+                                 now=utcnow(), allow=hosts.allowlist(current_app.config))
     except (MailboxError, ValueError) as err:
         get_session().rollback()
         message = (f"{err.field}: {err.message}" if isinstance(err, MailboxError)

@@ -168,6 +168,9 @@ def template_edit(template_id: int) -> Any:
 def _save(user: User, template: Template | None) -> Any:
     require_csrf()
     values, errors = _form()
+    if (request.form.get("action") != "preview" and template is not None
+            and not service.may_change_template(user, template)):
+        abort(403, "only the template's owner or an admin can change it")
     if request.form.get("action") == "preview":
         preview = None if errors else preview_context(
             user, values["subject"], values["body_html"], request.form.get("contact_id"))

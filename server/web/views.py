@@ -6,15 +6,17 @@ register their routes on this blueprint.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
-from server.accounts.auth import CSRF_HEADER, csrf_token, csrf_valid, web_user
+from server.accounts import throttle
+from server.accounts.auth import CSRF_HEADER, csrf_token, csrf_valid, sign_in_session, web_user
 from server.accounts.models import User
-from server.accounts.service import authenticate
+from server.accounts.service import authenticate, end_sessions
 from server.db import get_session
 
 bp = Blueprint("web", __name__, static_folder="static", static_url_path="/web-static")
@@ -54,23 +56,42 @@ def require_signed_in() -> User:
 def sign_in() -> Any:
     """Sign in with email and password."""
     error = None
+    wait = None
     if request.method == "POST":
         require_csrf()
-        user = authenticate(get_session(), request.form.get("email", ""),
-                            request.form.get("password", ""))
-        if user is not None:
-            session.clear()
-            session["user_id"] = user.id
-            return redirect(url_for("web.home"))
-        error = "That email and password do not match an account."
-    return render_template("web/sign_in.html", error=error, csrf=csrf_token(),
-                           email=request.form.get("email", "")), (401 if error else 200)
+        wait = throttle.refused()
+        if wait is not None:
+            error = too_many_attempts(wait)
+        else:
+            user = authenticate(get_session(), request.form.get("email", ""),
+                                request.form.get("password", ""))
+            if user is not None:
+                sign_in_session(user)
+                return redirect(url_for("web.home"))
+            throttle.failed()
+            error = "That email and password do not match an account."
+    page_ = render_template("web/sign_in.html", error=error, csrf=csrf_token(),
+                            email=request.form.get("email", ""))
+    if wait is not None:
+        return page_, 429, {"Retry-After": str(wait)}
+    return page_, (401 if error else 200)
+
+
+def too_many_attempts(wait: int) -> str:
+    """The sentence a throttled sign-in form shows."""
+    minutes = max(1, math.ceil(wait / 60))
+    return (f"Too many failed sign-ins. Try again in {minutes} minute"
+            f"{'s' if minutes > 1 else ''}.")
 
 
 @bp.post("/sign-out")
 def sign_out() -> Any:
-    """Sign out."""
+    """Sign out: every session of the user ends server-side (copied cookies stop working)."""
     require_csrf()
+    user = web_user()
+    if user is not None:
+        end_sessions(user)
+        get_session().commit()
     session.clear()
     return redirect(url_for("web.sign_in"))
 

@@ -197,15 +197,24 @@ def addin_file(filename: str) -> Any:
 @bp.route("/addin/outlook/sign-in", methods=["GET", "POST"])
 def dialog_sign_in() -> Any:
     """Relay's sign-in in an Office dialog; success hands a scoped add-in token to the pane."""
+    from server.accounts import throttle
     from server.accounts.auth import csrf_valid
+    from server.web.views import too_many_attempts
 
     error = None
     if request.method == "POST":
         if not csrf_valid(request.form.get("csrf")):
             abort(400, "the form expired; reload the page")
+        wait = throttle.refused()
+        if wait is not None:
+            return (render_template("addin/outlook_sign_in.html", error=too_many_attempts(wait),
+                                    csrf=csrf_token(), email=request.form.get("email", "")),
+                    429, {"Retry-After": str(wait)})
         session = get_session()
         user = authenticate(session, request.form.get("email", ""),
                             request.form.get("password", ""))
+        if user is None:
+            throttle.failed()
         if user is not None:
             token = create_token(session, user, _TOKEN_NAME, scope=OUTLOOK)
             session.commit()

@@ -172,9 +172,15 @@ class MailboxResolver:
             return LocalOutboxTransport(root, daily_limit=mb.daily_limit, clock=self._clock)
         secret = read_secret(mb, self.keyring)
         if provider is Provider.SMTP:
-            return SmtpTransport(config_from_settings(settings, secret.get("password"),
-                                                      timeout=self._timeout("SMTP")),
-                                 daily_limit=mb.daily_limit, clock=self._clock)
+            from server.mail import hosts  # the connected address is checked (SSRF)
+
+            cfg = config_from_settings(settings, secret.get("password"),
+                                       timeout=self._timeout("SMTP"))
+            allow = hosts.allowlist(self.config)
+            return SmtpTransport(cfg, daily_limit=mb.daily_limit, clock=self._clock,
+                                 smtp_factory=hosts.smtp_factory(cfg.security, allow),
+                                 imap_factory=hosts.imap_factory(cfg.imap_security, allow,
+                                                                 cfg.timeout))
         if provider is Provider.GOOGLE:
             from server.mail.providers.gmail import GmailTransport, google_credentials
 
