@@ -15,6 +15,22 @@ ROOT = Path(__file__).resolve().parent.parent
 VERSION = "0.1.0"
 
 
+def _refuse_nul_in_forms() -> None:
+    """Refuse a page's form or query string holding a NUL character (422).
+
+    PostgreSQL refuses NUL in text, and no form field needs one. The API's JSON bodies and
+    query strings are checked by their models, which name the field (server/api/operations).
+    """
+    from flask import abort, request
+
+    if request.path.startswith("/api/"):
+        return
+    for values in (request.args, request.form if request.method == "POST" else {}):
+        for key, value in values.items(multi=True) if values else ():
+            if "\x00" in key or "\x00" in value:
+                abort(422, description="a form field contains a NUL character")
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Relay Flask app; ``test_config`` overrides the environment's configuration."""
     app = Flask(
@@ -39,6 +55,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from server.api import errors
 
     errors.init_app(app)
+    app.before_request(_refuse_nul_in_forms)
 
     from server.campaigns import views as campaign_views
     from server.compose import outbox_views, prefill_views

@@ -61,6 +61,8 @@ ENV_VARS: dict[str, str | None] = {
     "GOOGLE_TOKEN_URI": None,
     "MS_AUTHORITY": None,
     "GRAPH_BASE_URL": None,
+    # The largest request body accepted (bytes); larger ones are a 413 before being read.
+    "MAX_CONTENT_LENGTH": str(2 * 1024 * 1024),
 }
 
 
@@ -94,6 +96,7 @@ def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> d
     cfg["WORKER_POLL_SECONDS"] = float(cfg["WORKER_POLL_SECONDS"])
     cfg["SALESFORCE_POLL_SECONDS"] = float(cfg["SALESFORCE_POLL_SECONDS"])
     cfg["MAIL_SYNC_SECONDS"] = float(cfg["MAIL_SYNC_SECONDS"])
+    cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_CONTENT_LENGTH"])
     return cfg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, ColumnElement, Integer, Table, any_, bindparam, insert, select
@@ -36,6 +36,9 @@ from server.salesforce import enqueue as salesforce
 from server.tasks.models import Task
 
 MAX_CONTACTS = 50_000
+#: How far ahead a launch may be scheduled: a campaign of 1000 days (C1) planned from there
+#: stays far from the last date Python and the databases can hold.
+MAX_AHEAD = timedelta(days=2 * 366)
 _CHUNK = 5_000
 
 
@@ -75,6 +78,10 @@ def check_launch(campaign: Campaign, contact_ids: Sequence[int], start_at: datet
     if start_at is not None and start_at < now:
         errors.append(FieldError("start_at", f"{start_at.isoformat()} is in the past; leave it "
                                  "out to start now"))
+    for name, moment in (("start_at", start_at), ("send_at", send_at)):
+        if moment is not None and moment - now > MAX_AHEAD:
+            errors.append(FieldError(name, f"{moment.isoformat()} is too far ahead; choose a "
+                                     f"moment within {MAX_AHEAD.days} days (T9)", "T9"))
     return errors
 
 

@@ -15,7 +15,7 @@ from server.accounts.models import Role, User
 from server.accounts.service import valid_timezone
 from server.api.errors import FieldError
 from server.campaigns.models import Campaign, CampaignStatus, CampaignStep, Enrollment
-from server.campaigns.rules import validate_steps
+from server.campaigns.rules import MAX_STEPS, validate_steps
 from server.campaigns.spec import CampaignSettings, SendOption, StepSpec, StepType
 from server.compose.models import Template
 from server.compose.render import template_prompts
@@ -86,6 +86,8 @@ def check_campaign(session: Session, user: User, settings: dict[str, Any],
     if steps is None:
         return errors
     errors.extend(FieldError(e.field, e.message, e.rule) for e in validate_steps(step_specs(steps)))
+    if len(steps) > MAX_STEPS:
+        return errors
     bad_fields = {e.field for e in errors}
     wanted = {s.template_id for s in steps if s.template_id is not None}
     known = {row.id: row for row in session.execute(

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, Field
 
 from server.accounts.auth import api_user
 from server.api.errors import FieldError, not_found
-from server.api.operations import Model, Out, Query, operation
+from server.api.operations import Model, OneLine, Out, Query, operation
 from server.campaigns.spec import StepType
 from server.db import get_session, utcnow
 from server.errors import Invalid
@@ -86,7 +86,7 @@ class CompleteIn(Model):
     """How a task was completed. ``sent_at`` is when an email task's email really left."""
 
     sent_at: AwareDatetime | None = None
-    message_id: str | None = Field(None, max_length=998)
+    message_id: OneLine | None = Field(None, max_length=998)
     via: CompletedVia = CompletedVia.WEB
 
 
