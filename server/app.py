@@ -31,6 +31,24 @@ def _refuse_nul_in_forms() -> None:
                 abort(422, description="a form field contains a NUL character")
 
 
+#: Headers every response carries unless its blueprint set its own (the Outlook add-in's
+#: pages keep the frame-ancestors that lets Outlook frame them): no other site may frame a
+#: page (the signed-in compose window included), no content is sniffed into another type,
+#: and other sites are sent the origin only.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+
+
+def _security_headers(resp: Any) -> Any:
+    """Add :data:`SECURITY_HEADERS` the response does not already have."""
+    for name, value in SECURITY_HEADERS.items():
+        resp.headers.setdefault(name, value)
+    return resp
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Relay Flask app; ``test_config`` overrides the environment's configuration."""
     app = Flask(
@@ -56,6 +74,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     errors.init_app(app)
     app.before_request(_refuse_nul_in_forms)
+    # Registered first, so it runs after every other after_request hook (Flask runs them in
+    # reverse order of registration, blueprints' before the app's).
+    app.after_request(_security_headers)
 
     from server.campaigns import views as campaign_views
     from server.compose import outbox_views, prefill_views
