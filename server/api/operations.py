@@ -57,6 +57,34 @@ class Operation:
 
 OPERATIONS: list[Operation] = []
 
+#: Conflicts (409) an operation can answer besides the statuses every operation of its kind
+#: gets (see :func:`error_statuses`), by endpoint: the state of an object forbids the change.
+CONFLICTS = frozenset({
+    "tasks.complete", "tasks.skip", "outbox.schedule", "prefill.prefill",
+    "templates.delete", "campaigns.update", "campaigns.launch", "enrollments.remove",
+    "outlook_api.link", "outlook_api.sending",
+})
+
+
+def error_statuses(op: Operation) -> list[int]:
+    """Every error status ``op`` can answer, as the document lists them.
+
+    400 (malformed JSON, a bad header) and 422 (a field) for all; an authenticated one adds
+    401 (no valid token), 403 (a token limited to an add-in, or a session cookie without the
+    CSRF header) and 404 (ids are looked up as the caller's); a path id adds 404; a body
+    adds 413 (over ``MAX_CONTENT_LENGTH``) and 415 (not the declared content type).
+    """
+    codes = {400, 422}
+    if op.auth:
+        codes |= {401, 403, 404}
+    if _PATH_PARAM.search(op.rule):
+        codes.add(404)
+    if op.body is not None or op.raw_body is not None:
+        codes |= {413, 415}
+    if op.endpoint in CONFLICTS:
+        codes.add(409)
+    return sorted(codes)
+
 #: The largest integer the API accepts anywhere (JavaScript's Number.MAX_SAFE_INTEGER): larger
 #: ones cannot be ids, pages or cursors, and would overflow the database's integer columns.
 MAX_INT = 2**53 - 1
@@ -274,8 +302,8 @@ def openapi_document(title: str, version: str, server_url: str) -> dict[str, Any
             ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
         item["responses"][str(op.status)] = ok
         err_ref = {"$ref": "#/components/responses/Error"}
-        for code in ("400", "401", "404", "422") if op.auth else ("400", "422"):
-            item["responses"][code] = err_ref
+        for code in error_statuses(op):
+            item["responses"][str(code)] = err_ref
         if op.auth:
             item["security"] = [{"bearer": []}]
         path = _PATH_PARAM.sub(r"{\2}", op.rule)
