@@ -152,7 +152,7 @@ def _parse(model: type[BaseModel], parse: Callable[[], BaseModel]) -> BaseModel:
     try:
         parsed = parse()
     except ValidationError as exc:
-        raise from_pydantic(exc) from None
+        raise from_pydantic(exc, rule_of=getattr(model, "rule_of", None)) from None
     bad = _oversized(parsed, ()) + nul_fields(parsed)
     if bad:
         raise invalid(bad)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import JSON, ColumnElement, Integer, Table, any_, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -72,6 +73,12 @@ def check_launch(campaign: Campaign, contact_ids: Sequence[int], start_at: datet
         elif send_at < now:
             errors.append(FieldError("send_at", f"{send_at.isoformat()} is in the past; choose a "
                                      "moment from now on (T2)", "T2"))
+        elif campaign.skip_weekends:
+            local = send_at.astimezone(ZoneInfo(campaign.timezone))
+            if local.weekday() >= 5:
+                errors.append(FieldError(
+                    "send_at", f"{local:%A %d %B %H:%M} ({campaign.timezone}) is on a weekend and "
+                    "this campaign skips weekends; choose a weekday (T9)", "T9"))
         if start_at is not None:
             errors.append(FieldError("start_at", "give start_at or send_at, not both: the chosen "
                                      "send moment is the campaign start (T1)", "T1"))

@@ -78,6 +78,8 @@ def _check_day(steps: Sequence[StepSpec], i: int) -> list[RuleError]:
         return [_error(field, "day must be 1 or more", "C1")]
     if day > MAX_DAY:
         return [_error(field, f"day must be {MAX_DAY} or less", "C1")]
+    if i == 0 and day != 1:
+        return [_error(field, f"the first step is on day 1, not day {day}", "C1")]
     if i > 0 and day < steps[i - 1].day:
         text = f"day {day} comes after day {steps[i - 1].day}; list steps in day order"
         return [_error(field, text, "C1")]

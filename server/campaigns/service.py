@@ -102,7 +102,7 @@ def check_campaign(session: Session, user: User, settings: dict[str, Any],
         elif s.type is not StepType.EMAIL and s.template_id is not None:
             errors.append(FieldError(name, f"a {s.type.value} step has no template (C1)", "C1"))
         elif s.template_id is not None and s.template_id not in known:
-            errors.append(FieldError(name, f"unknown template {s.template_id}"))
+            errors.append(FieldError(name, f"unknown template {s.template_id}", "C1"))
         elif (s.template_id is not None and s.send_option is not None
               and s.send_option is not SendOption.TASK):
             prompt = _first_prompt(known[s.template_id])
