@@ -23,11 +23,11 @@ from server.errors import Invalid
 MAX_IMPORT_ROWS = 200_000
 #: Rows written per transaction: each commit is short, so other writers (on SQLite, which has
 #: one write lock) never wait long for an import.
-IMPORT_BATCH = 500
+IMPORT_BATCH = 250
 #: The pause between two batches on SQLite. A writer waiting for the lock polls (SQLite's busy
-#: handler) at least every 100 ms: without a pause the import takes the lock back at once and
-#: the writer waits for the whole import.
-IMPORT_PAUSE_SECONDS = 0.1
+#: handler) at least every 100 ms: a longer pause always lets it in; without one the import
+#: takes the lock back at once and the writer waits for the whole import.
+IMPORT_PAUSE_SECONDS = 0.15
 
 STANDARD_FIELDS = ("first_name", "last_name", "email", "title", "company", "timezone")
 CUSTOM_PREFIX = "custom_field_"
