@@ -15,6 +15,40 @@ ROOT = Path(__file__).resolve().parent.parent
 VERSION = "0.1.0"
 
 
+def _refuse_nul_in_forms() -> None:
+    """Refuse a page's form or query string holding a NUL character (422).
+
+    PostgreSQL refuses NUL in text, and no form field needs one. The API's JSON bodies and
+    query strings are checked by their models, which name the field (server/api/operations).
+    """
+    from flask import abort, request
+
+    if request.path.startswith("/api/"):
+        return
+    for values in (request.args, request.form if request.method == "POST" else {}):
+        for key, value in values.items(multi=True) if values else ():
+            if "\x00" in key or "\x00" in value:
+                abort(422, description="a form field contains a NUL character")
+
+
+#: Headers every response carries unless its blueprint set its own (the Outlook add-in's
+#: pages keep the frame-ancestors that lets Outlook frame them): no other site may frame a
+#: page (the signed-in compose window included), no content is sniffed into another type,
+#: and other sites are sent the origin only.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+
+
+def _security_headers(resp: Any) -> Any:
+    """Add :data:`SECURITY_HEADERS` the response does not already have."""
+    for name, value in SECURITY_HEADERS.items():
+        resp.headers.setdefault(name, value)
+    return resp
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Relay Flask app; ``test_config`` overrides the environment's configuration."""
     app = Flask(
@@ -39,6 +73,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from server.api import errors
 
     errors.init_app(app)
+    app.before_request(_refuse_nul_in_forms)
+    # Registered first, so it runs after every other after_request hook (Flask runs them in
+    # reverse order of registration, blueprints' before the app's).
+    app.after_request(_security_headers)
 
     from server.accounts import throttle
 

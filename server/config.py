@@ -76,6 +76,8 @@ ENV_VARS: dict[str, str | None] = {
     "SIGNIN_LIMIT_PER_ADDRESS": "50 per 15 minutes",
     "API_TOKEN_DAYS": "90",
     "MAIL_HOST_ALLOWLIST": None,
+    # The largest request body accepted (bytes); larger ones are a 413 before being read.
+    "MAX_CONTENT_LENGTH": str(2 * 1024 * 1024),
 }
 
 
@@ -109,6 +111,7 @@ def load_config(instance_path: Path, environ: dict[str, str] | None = None) -> d
     cfg["WORKER_POLL_SECONDS"] = float(cfg["WORKER_POLL_SECONDS"])
     cfg["SALESFORCE_POLL_SECONDS"] = float(cfg["SALESFORCE_POLL_SECONDS"])
     cfg["MAIL_SYNC_SECONDS"] = float(cfg["MAIL_SYNC_SECONDS"])
+    cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_CONTENT_LENGTH"])
     return cfg
 
 

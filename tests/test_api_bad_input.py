@@ -144,8 +144,9 @@ def test_days_out_of_order_are_named(client: FlaskClient, session: Session, worl
     """Is a step whose day comes before the previous step's refused on its `day` (C1)?"""
     before = _snapshot(session)
     r = client.post("/api/campaigns", headers=world.auth(world.rep), json={
-        "name": "C", "steps": [{"day": 5, "type": "call"}, {"day": 1, "type": "call"}]})
-    assert list(_fields(r)) == ["steps[1].day"]
+        "name": "C", "steps": [{"day": 1, "type": "call"}, {"day": 5, "type": "call"},
+                               {"day": 2, "type": "call"}]})
+    assert list(_fields(r)) == ["steps[2].day"]
     assert _snapshot(session) == before
 
 

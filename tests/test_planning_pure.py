@@ -533,7 +533,7 @@ TIMES = st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45, 59])
 @st.composite
 def valid_campaigns(draw: st.DrawFn) -> list[StepSpec]:
     steps: list[StepSpec] = []
-    day = draw(st.integers(1, 3))
+    day = 1  # C1: the first step is on day 1
     for position in range(draw(st.integers(1, 10))):
         if position:
             day += draw(st.sampled_from([0, 0, 1, 1, 2, 4]))

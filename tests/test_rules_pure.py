@@ -71,7 +71,7 @@ def test_C1_days_out_of_order_are_rejected():
 
 def test_C1_steps_may_share_a_day():
     """May several steps share the same day?"""
-    assert validate_steps([email(0, 2, TASK), other(1, 2), email(2, 2, TASK)]) == []
+    assert validate_steps([email(0, 1, TASK), other(1, 1), email(2, 1, TASK)]) == []
 
 
 @pytest.mark.parametrize("kind", [CALL, INMAIL, CUSTOM])
@@ -253,8 +253,8 @@ def test_S5_every_error_names_the_step_and_the_rule():
 
 def test_S5_at_most_one_error_per_field():
     """Is a field that breaks several rules reported only once, by the most specific rule?"""
-    # day 0 is both below 1 and before the previous day 2: only "1 or more" is reported.
-    steps = [email(0, 2, TASK), other(1, 0)]
+    # day 0 is both below 1 and before the previous day 1: only "1 or more" is reported.
+    steps = [email(0, 1, TASK), other(1, 0)]
     errors = validate_steps(steps)
     assert messages(errors) == ["steps[1].day: day must be 1 or more (C1)"]
     fields = [e.field for e in validate_steps([email(0, 1, SAME, send_time=time(1, 0))])]
@@ -262,13 +262,19 @@ def test_S5_at_most_one_error_per_field():
 
 
 def test_S3_choose_at_launch_on_a_first_step_after_day_1_is_rejected():
-    """Is choose_at_launch rejected on a first step placed on day 2 (S1's "first step of day 1")?"""
+    """Is choose_at_launch rejected on a first step placed on day 2 (S1's "first step of day 1")?
+
+    The day itself is refused too: the first step is on day 1 (C1).
+    """
     errors = validate_steps([email(0, 2, CHOOSE)])
     assert messages(errors) == [
+        "steps[0].day: the first step is on day 1, not day 2 (C1)",
         "steps[0].send_option: choose_at_launch is only allowed on a first step on day 1, "
         "not day 2 (S3)"
     ]
-    assert validate_steps([email(0, 2, AT_TIME)]) == []
+    day_error = "steps[0].day: the first step is on day 1, not day 2 (C1)"
+    assert messages(validate_steps([email(0, 2, AT_TIME)])) == [day_error]
     assert messages(validate_steps([email(0, 2, None)])) == [
-        "steps[0].send_option: an email step needs a send option: at_time, task (S1)"
+        day_error,
+        "steps[0].send_option: an email step needs a send option: at_time, task (S1)",
     ]

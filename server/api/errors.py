@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +68,13 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def from_pydantic(exc: ValidationError, prefix: str = "") -> ApiError:
-    """Turn a pydantic error into a 400 (malformed JSON) or a 422 naming each field."""
+def from_pydantic(exc: ValidationError, prefix: str = "",
+                  rule_of: Callable[[tuple[Any, ...]], str | None] | None = None) -> ApiError:
+    """Turn a pydantic error into a 400 (malformed JSON) or a 422 naming each field.
+
+    ``rule_of`` names the rule a field's value breaks (from its location), when the model's
+    fields belong to documented rules (a campaign's, S5).
+    """
     errors: list[FieldError] = []
     for err in exc.errors(include_url=False):
         if err["type"] == "json_invalid":
@@ -83,7 +89,7 @@ def from_pydantic(exc: ValidationError, prefix: str = "") -> ApiError:
             msg = "unknown field"
         elif err["type"] == "missing":
             msg = "field required"
-        errors.append(FieldError(name, msg))
+        errors.append(FieldError(name, msg, rule_of(loc) if rule_of else None))
     seen: set[str] = set()
     unique = [e for e in errors if not (e.field in seen or seen.add(e.field))]
     return invalid(unique)

@@ -10,10 +10,10 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from server.api.errors import ApiError, FieldError, field_path, from_pydantic, invalid
 
@@ -57,6 +57,34 @@ class Operation:
 
 OPERATIONS: list[Operation] = []
 
+#: Conflicts (409) an operation can answer besides the statuses every operation of its kind
+#: gets (see :func:`error_statuses`), by endpoint: the state of an object forbids the change.
+CONFLICTS = frozenset({
+    "tasks.complete", "tasks.skip", "outbox.schedule", "prefill.prefill",
+    "templates.delete", "campaigns.update", "campaigns.launch", "enrollments.remove",
+    "outlook_api.link", "outlook_api.sending",
+})
+
+
+def error_statuses(op: Operation) -> list[int]:
+    """Every error status ``op`` can answer, as the document lists them.
+
+    400 (malformed JSON, a bad header) and 422 (a field) for all; an authenticated one adds
+    401 (no valid token), 403 (a token limited to an add-in, or a session cookie without the
+    CSRF header) and 404 (ids are looked up as the caller's); a path id adds 404; a body
+    adds 413 (over ``MAX_CONTENT_LENGTH``) and 415 (not the declared content type).
+    """
+    codes = {400, 422}
+    if op.auth:
+        codes |= {401, 403, 404}
+    if _PATH_PARAM.search(op.rule):
+        codes.add(404)
+    if op.body is not None or op.raw_body is not None:
+        codes |= {413, 415}
+    if op.endpoint in CONFLICTS:
+        codes.add(409)
+    return sorted(codes)
+
 #: The largest integer the API accepts anywhere (JavaScript's Number.MAX_SAFE_INTEGER): larger
 #: ones cannot be ids, pages or cursors, and would overflow the database's integer columns.
 MAX_INT = 2**53 - 1
@@ -80,15 +108,54 @@ def _oversized(value: Any, loc: tuple[Any, ...]) -> list[FieldError]:
     return []
 
 
+NUL_MESSAGE = "must not contain NUL characters"
+
+
+def nul_fields(value: Any, loc: tuple[Any, ...] = ()) -> list[FieldError]:
+    """A FieldError for every text in a parsed value (model, list, dict) holding a NUL.
+
+    PostgreSQL refuses NUL in text columns, and no name, subject or note needs one: every
+    request model is checked here, so no field can forget it.
+    """
+    if isinstance(value, str):
+        return [FieldError(field_path(loc), NUL_MESSAGE)] if "\x00" in value else []
+    if isinstance(value, BaseModel):
+        return [e for name in type(value).model_fields
+                for e in nul_fields(getattr(value, name), (*loc, name))]
+    if isinstance(value, list | tuple):
+        return [e for i, item in enumerate(value) for e in nul_fields(item, (*loc, i))]
+    if isinstance(value, dict):
+        out: list[FieldError] = []
+        for k, item in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                out.append(FieldError(field_path((*loc, k.replace("\x00", ""))), NUL_MESSAGE))
+            out.extend(nul_fields(item, (*loc, str(k))))
+        return out
+    if hasattr(value, "get_secret_value"):
+        return nul_fields(value.get_secret_value(), loc)
+    return []
+
+
+def _one_line(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 or c in "\x85\u2028\u2029" for c in value):
+        raise ValueError("must be one line, without line breaks or control characters")
+    return value
+
+
+#: Text that ends up in an email header or on one line of a protocol: no CR, LF or other
+#: control character can smuggle a second header in.
+OneLine = Annotated[str, AfterValidator(_one_line)]
+
+
 def _parse(model: type[BaseModel], parse: Callable[[], BaseModel]) -> BaseModel:
-    """Run a model's parser; answer its errors, and integers beyond MAX_INT, by field."""
+    """Run a model's parser; answer its errors, NULs and integers beyond MAX_INT, by field."""
     try:
         parsed = parse()
     except ValidationError as exc:
-        raise from_pydantic(exc) from None
-    too_big = _oversized(parsed, ())
-    if too_big:
-        raise invalid(too_big)
+        raise from_pydantic(exc, rule_of=getattr(model, "rule_of", None)) from None
+    bad = _oversized(parsed, ()) + nul_fields(parsed)
+    if bad:
+        raise invalid(bad)
     return parsed
 
 
@@ -143,7 +210,8 @@ def operation(
                 from server.accounts.auth import api_user
 
                 api_user()
-            if any(isinstance(v, int) and v > MAX_INT for v in path.values()):
+            if any(isinstance(v, int) and v > MAX_INT or isinstance(v, str) and "\x00" in v
+                   for v in path.values()):
                 raise ApiError(404, "not_found", "no such object")
             kwargs: dict[str, Any] = dict(path)
             if body is not None:
@@ -234,8 +302,8 @@ def openapi_document(title: str, version: str, server_url: str) -> dict[str, Any
             ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
         item["responses"][str(op.status)] = ok
         err_ref = {"$ref": "#/components/responses/Error"}
-        for code in ("400", "401", "404", "422") if op.auth else ("400", "422"):
-            item["responses"][code] = err_ref
+        for code in error_statuses(op):
+            item["responses"][str(code)] = err_ref
         if op.auth:
             item["security"] = [{"bearer": []}]
         path = _PATH_PARAM.sub(r"{\2}", op.rule)

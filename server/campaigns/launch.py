@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import JSON, ColumnElement, Integer, Table, any_, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -36,6 +37,9 @@ from server.salesforce import enqueue as salesforce
 from server.tasks.models import Task
 
 MAX_CONTACTS = 50_000
+#: How far ahead a launch may be scheduled: a campaign of 1000 days (C1) planned from there
+#: stays far from the last date Python and the databases can hold.
+MAX_AHEAD = timedelta(days=2 * 366)
 _CHUNK = 5_000
 
 
@@ -69,12 +73,22 @@ def check_launch(campaign: Campaign, contact_ids: Sequence[int], start_at: datet
         elif send_at < now:
             errors.append(FieldError("send_at", f"{send_at.isoformat()} is in the past; choose a "
                                      "moment from now on (T2)", "T2"))
+        elif campaign.skip_weekends:
+            local = send_at.astimezone(ZoneInfo(campaign.timezone))
+            if local.weekday() >= 5:
+                errors.append(FieldError(
+                    "send_at", f"{local:%A %d %B %H:%M} ({campaign.timezone}) is on a weekend and "
+                    "this campaign skips weekends; choose a weekday (T9)", "T9"))
         if start_at is not None:
             errors.append(FieldError("start_at", "give start_at or send_at, not both: the chosen "
                                      "send moment is the campaign start (T1)", "T1"))
     if start_at is not None and start_at < now:
         errors.append(FieldError("start_at", f"{start_at.isoformat()} is in the past; leave it "
                                  "out to start now"))
+    for name, moment in (("start_at", start_at), ("send_at", send_at)):
+        if moment is not None and moment - now > MAX_AHEAD:
+            errors.append(FieldError(name, f"{moment.isoformat()} is too far ahead; choose a "
+                                     f"moment within {MAX_AHEAD.days} days (T9)", "T9"))
     return errors
 
 

@@ -14,6 +14,9 @@ from server.campaigns.spec import SendOption, StepSpec, StepType
 #: The last day a step may have: about three years, far past any sales campaign, and small
 #: enough that every day's date exists and fits the database.
 MAX_DAY = 1000
+#: The most steps a campaign may have: far more than any sales sequence, small enough that
+#: saving, planning and previewing a campaign stay quick.
+MAX_STEPS = 100
 
 _FIRST_STEP_OPTIONS = frozenset({SendOption.CHOOSE_AT_LAUNCH, SendOption.AT_TIME, SendOption.TASK})
 _LATER_STEP_OPTIONS = frozenset({SendOption.SAME_AS_PREVIOUS, SendOption.AT_TIME, SendOption.TASK})
@@ -46,6 +49,9 @@ def validate_steps(steps: Sequence[StepSpec]) -> list[RuleError]:
     """
     if not steps:
         return [_error("steps", "a campaign needs at least one step", "C1")]
+    if len(steps) > MAX_STEPS:
+        return [_error("steps", f"a campaign has at most {MAX_STEPS} steps, not {len(steps)}",
+                       "C1")]
     errors: list[RuleError] = []
     for i, step in enumerate(steps):
         errors.extend(_check_day(steps, i))
@@ -72,6 +78,8 @@ def _check_day(steps: Sequence[StepSpec], i: int) -> list[RuleError]:
         return [_error(field, "day must be 1 or more", "C1")]
     if day > MAX_DAY:
         return [_error(field, f"day must be {MAX_DAY} or less", "C1")]
+    if i == 0 and day != 1:
+        return [_error(field, f"the first step is on day 1, not day {day}", "C1")]
     if i > 0 and day < steps[i - 1].day:
         text = f"day {day} comes after day {steps[i - 1].day}; list steps in day order"
         return [_error(field, text, "C1")]

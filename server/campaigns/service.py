@@ -15,7 +15,7 @@ from server.accounts.models import Role, User
 from server.accounts.service import valid_timezone
 from server.api.errors import FieldError
 from server.campaigns.models import Campaign, CampaignStatus, CampaignStep, Enrollment
-from server.campaigns.rules import validate_steps
+from server.campaigns.rules import MAX_STEPS, validate_steps
 from server.campaigns.spec import CampaignSettings, SendOption, StepSpec, StepType
 from server.compose.models import Template
 from server.compose.render import template_prompts
@@ -86,6 +86,8 @@ def check_campaign(session: Session, user: User, settings: dict[str, Any],
     if steps is None:
         return errors
     errors.extend(FieldError(e.field, e.message, e.rule) for e in validate_steps(step_specs(steps)))
+    if len(steps) > MAX_STEPS:
+        return errors
     bad_fields = {e.field for e in errors}
     wanted = {s.template_id for s in steps if s.template_id is not None}
     known = {row.id: row for row in session.execute(
@@ -100,7 +102,7 @@ def check_campaign(session: Session, user: User, settings: dict[str, Any],
         elif s.type is not StepType.EMAIL and s.template_id is not None:
             errors.append(FieldError(name, f"a {s.type.value} step has no template (C1)", "C1"))
         elif s.template_id is not None and s.template_id not in known:
-            errors.append(FieldError(name, f"unknown template {s.template_id}"))
+            errors.append(FieldError(name, f"unknown template {s.template_id}", "C1"))
         elif (s.template_id is not None and s.send_option is not None
               and s.send_option is not SendOption.TASK):
             prompt = _first_prompt(known[s.template_id])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from flask import Blueprint
 from pydantic import AwareDatetime, Field, field_validator
@@ -60,8 +60,31 @@ class StepIn(Model):
         return service.StepInput(**data)
 
 
+#: The rule a malformed value of a campaign body breaks, by field (S5); any other is S5's.
+_STEP_RULES = {"day": "C1", "type": "C1", "follow_up": "S4"}
+_SETTING_RULES = {"timezone": "C3", "skip_weekends": "C3", "late_task_policy": "C3",
+                  "on_reply": "C3", "on_bounce": "C3"}
+
+
+def campaign_rule(loc: tuple[Any, ...]) -> str:
+    """The rule broken by a malformed value at ``loc`` of a campaign body (S5).
+
+    A step's send option or send time breaks S1 on the first step and S2 on a later one.
+    """
+    if len(loc) >= 3 and loc[0] == "steps" and isinstance(loc[1], int):
+        name = loc[2]
+        if name in ("send_option", "send_time"):
+            return "S1" if loc[1] == 0 else "S2"
+        return _STEP_RULES.get(str(name), "S5")
+    if len(loc) == 1:
+        return _SETTING_RULES.get(str(loc[0]), "S5")
+    return "S5"
+
+
 class Settings(Model):
     """Campaign settings (C3); omitted ones take their defaults."""
+
+    rule_of: ClassVar = staticmethod(campaign_rule)
 
     timezone: str | None = Field(None, description="IANA name; default the owner's")
     skip_weekends: bool | None = None

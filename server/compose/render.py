@@ -279,6 +279,29 @@ def _locate(content: str, base: tuple[int, int], lineno: int, needle: str | None
     return (line, col) if lineno == 1 else (line + lineno - 1, 1)
 
 
+#: The deepest bracket nesting a field may have: nothing a template needs comes close.
+MAX_NESTING = 20
+_TOO_DEEP = f"this field is nested too deeply (more than {MAX_NESTING} levels of brackets)"
+
+
+def _nesting(content: str) -> int:
+    """The deepest nesting of (), [] and {} in a field's content, outside quoted text."""
+    depth = deepest = 0
+    quote = ""
+    for c in content:
+        if quote:
+            if c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth -= 1
+    return deepest
+
+
 def _check_field(content: str, start: int, lines: _Lines
                  ) -> tuple[str, list[TemplateProblem], list[tuple[str, bool]]]:
     """Check one field's content; its Jinja form, problems and (field, has_default) pairs."""
@@ -300,8 +323,14 @@ def _check_field(content: str, start: int, lines: _Lines
         if m.group(1):
             line, col = lines.at(start + 2 + m.start(1))
             return converted, [TemplateProblem(line, col, _DEFAULT_USAGE)], []
+    if _nesting(converted) > MAX_NESTING:
+        return converted, [TemplateProblem(*base, _TOO_DEEP)], []
     try:
         tree = _environment(False).parse("{{" + converted + "}}")
+    except RecursionError:
+        # Jinja's parser recurses once per level (``not not not …``): a field deep enough to
+        # exhaust the stack is refused, never a 500.
+        return converted, [TemplateProblem(*base, _TOO_DEEP)], []
     except TemplateSyntaxError as exc:
         message = exc.message or "syntax error"
         m = _AT_OFFSET.match(message)

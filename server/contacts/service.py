@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from server.accounts.models import Role, User
@@ -17,6 +18,16 @@ from server.accounts.service import valid_timezone
 from server.api.errors import FieldError
 from server.contacts.models import Contact
 from server.errors import Invalid
+
+#: The most data rows one import may hold; a larger file is refused as a whole.
+MAX_IMPORT_ROWS = 200_000
+#: Rows written per transaction: each commit is short, so other writers (on SQLite, which has
+#: one write lock) never wait long for an import.
+IMPORT_BATCH = 250
+#: The pause between two batches on SQLite. A writer waiting for the lock polls (SQLite's busy
+#: handler) at least every 100 ms: a longer pause always lets it in; without one the import
+#: takes the lock back at once and the writer waits for the whole import.
+IMPORT_PAUSE_SECONDS = 0.15
 
 STANDARD_FIELDS = ("first_name", "last_name", "email", "title", "company", "timezone")
 CUSTOM_PREFIX = "custom_field_"
@@ -172,7 +183,12 @@ def import_csv(
     Every bad row is reported (``line N``). A file with any error stores nothing unless
     ``skip_errors`` is set, in which case the good rows are stored and the bad ones reported.
     Contacts the owner already has (same email) are counted as duplicates and left alone.
+    A file of more than ``MAX_IMPORT_ROWS`` rows is refused; the good rows are committed
+    ``IMPORT_BATCH`` at a time.
     """
+    # End the caller's transaction (a request's authentication, a CLI's user lookup): on
+    # SQLite it would hold the write lock while the whole file is read and checked.
+    session.commit()
     text = io.StringIO(data) if isinstance(data, str) else data
     # strict: an unclosed quote is an error, not a cell that swallows the rest of the file.
     reader = csv.reader(text, strict=True)
@@ -195,10 +211,9 @@ def import_csv(
         report.errors.append(FieldError("line 1", msg))
         return report
 
-    existing = set(session.scalars(select(Contact.email).where(Contact.owner_id == owner.id)))
     seen: set[str] = set()
     good: list[dict[str, Any]] = []
-    line = 1
+    line, rows = 1, 0
     while True:
         try:
             row = next(reader)
@@ -214,6 +229,14 @@ def import_csv(
             progress(1)
         if not any(cell.strip() for cell in row):
             continue
+        rows += 1
+        if rows > MAX_IMPORT_ROWS:
+            report.errors = [FieldError(f"line {line}", f"the file has more than "
+                                        f"{MAX_IMPORT_ROWS} rows; split it into smaller files")]
+            return report
+        if any("\x00" in cell for cell in row):
+            report.errors.append(FieldError(f"line {line}", "contains a NUL character"))
+            continue
         if len(row) != len(header):
             report.errors.append(FieldError(
                 f"line {line}", f"has {len(row)} cells; the header has {len(header)}"))
@@ -226,15 +249,32 @@ def import_csv(
         if errs:
             report.errors.extend(errs)
             continue
-        if values["email"] in existing or values["email"] in seen:
+        if values["email"] in seen:
             report.duplicates += 1
             continue
         seen.add(values["email"])
         good.append(values)
     if report.errors and not skip_errors:
         return report
-    session.add_all(Contact(org_id=owner.org_id, owner_id=owner.id, **v) for v in good)
-    session.flush()
-    report.created = len(good)
+    # Every row is checked before the first is written; then they are written in batches,
+    # each its own short transaction (an import is not all-or-nothing once it starts
+    # writing). On SQLite a writing transaction holds the one write lock, so none is open
+    # while the file is read and checked, and each batch holds it for a moment only.
+    owner_id, org_id = owner.id, owner.org_id
+    pause = IMPORT_PAUSE_SECONDS if session.get_bind().dialect.name == "sqlite" else 0.0
+    for i in range(0, len(good), IMPORT_BATCH):
+        if i and pause:
+            time.sleep(pause)
+        batch = good[i:i + IMPORT_BATCH]
+        existing = set(session.scalars(select(Contact.email).where(
+            Contact.owner_id == owner_id, Contact.email.in_([v["email"] for v in batch]))))
+        new = [{"org_id": org_id, "owner_id": owner_id, **v}
+               for v in batch if v["email"] not in existing]
+        if new:
+            # One executemany (no unit of work): the batch's transaction stays short.
+            session.execute(insert(Contact), new)
+        session.commit()
+        report.created += len(new)
+        report.duplicates += len(batch) - len(new)
     report.stored = True
     return report

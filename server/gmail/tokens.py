@@ -13,7 +13,8 @@ Both are RS256 tokens signed by Google, checked with google-auth against Google'
 certificates. The certificates are fetched through :class:`CachingRequest`, which keeps each
 answer for as long as its ``Cache-Control: max-age`` allows, so a request verifies two tokens
 without any network round trip. Everything fails closed: an unset setting, an unreachable
-certificate endpoint or any mismatch is a :class:`TokenRejected`. Token values never appear
+certificate endpoint (:class:`KeysUnavailable`) or any mismatch (:class:`TokenRejected`)
+refuses the call. Token values never appear
 in the exceptions raised here (they may be logged).
 """
 
@@ -43,6 +44,13 @@ class TokenRejected(Exception):
     """A token, or the configuration needed to check it, is missing or wrong (answered 401).
 
     The message says which check failed and never contains the token itself.
+    """
+
+
+class KeysUnavailable(Exception):
+    """Google's certificates could not be fetched: no token can be checked (answered 503).
+
+    Not the caller's fault, and over once Google answers again: Google retries the call.
     """
 
 
@@ -170,6 +178,9 @@ class Verifier:
             claims = id_token.verify_token(token, self.request, audience=audience,
                                            certs_url=self.certs_url,
                                            clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
+        except google_exceptions.TransportError as exc:
+            # The certificates could not be fetched (no answer, or not a 200).
+            raise KeysUnavailable(f"{what}: {redact(_short(exc))}") from None
         except (ValueError, google_exceptions.GoogleAuthError) as exc:
             # google-auth's messages name the failed check (expired, wrong audience, bad
             # signature...); they contain claims and times, never the token.

@@ -41,7 +41,7 @@ from server.gmail.service import (
     reply_with_task,
     tasks_for_addresses,
 )
-from server.gmail.tokens import TokenRejected, Verifier
+from server.gmail.tokens import KeysUnavailable, TokenRejected, Verifier
 from server.tasks.service import Due
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,27 @@ def _urls() -> cards.Urls:
                       message_reply=endpoint_url(cfg, "message_reply"))
 
 
+#: Seconds Google is asked to wait before calling again when its certificates are unreachable.
+RETRY_AFTER_SECONDS = 30
+
+
 def _unauthorized(reason: str) -> Response:
+    """A plain 401: the reason (which check failed, which setting is unset) is only logged."""
     log.warning("gmail add-on %s refused: %s", request.path, reason)
-    resp = jsonify({"error": "unauthorized", "message": reason})
+    resp = jsonify({"error": "unauthorized",
+                    "message": "the request's Google ID tokens were not accepted"})
     resp.status_code = 401
+    return resp
+
+
+def _keys_unavailable(reason: str) -> Response:
+    """A 503 with Retry-After: Google's certificates could not be fetched (logged, not told)."""
+    log.error("gmail add-on %s: Google's certificates are unavailable: %s", request.path,
+              reason)
+    resp = jsonify({"error": "unavailable",
+                    "message": "the request cannot be checked right now; try again shortly"})
+    resp.status_code = 503
+    resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return resp
 
 
@@ -129,6 +146,8 @@ def verified_call(audience: str, scopes: tuple[str, ...], trigger: bool
         verifier.verify_system(request.headers.get("Authorization"), audience)
     except TokenRejected as exc:
         return _unauthorized(str(exc))
+    except KeysUnavailable as exc:
+        return _keys_unavailable(str(exc))
     event = request.get_json(silent=True)
     if not isinstance(event, dict):
         return jsonify({"error": "bad_request",
@@ -148,6 +167,8 @@ def verified_call(audience: str, scopes: tuple[str, ...], trigger: bool
         google_user = verifier.verify_user(str(user_token))
     except TokenRejected as exc:
         return _unauthorized(str(exc))
+    except KeysUnavailable as exc:
+        return _keys_unavailable(str(exc))
     session = get_session()
     user = find_user(session, google_user.email)
     if user is None:

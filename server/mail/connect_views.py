@@ -31,7 +31,7 @@ from pydantic import Field, SecretStr
 from server.accounts.auth import api_user, web_user
 from server.accounts.models import User
 from server.api.errors import ApiError, FieldError, invalid
-from server.api.operations import Model, Out, operation
+from server.api.operations import Model, OneLine, Out, operation
 from server.crypto import KeyRing, keyring_from_config
 from server.db import get_session, utcnow
 from server.mail import connections, hosts, oauth
@@ -63,7 +63,7 @@ class SmtpIn(Model):
     """An SMTP (+ optional IMAP) mailbox. The password is stored encrypted, never shown."""
 
     email: str = Field(max_length=320)
-    display_name: str = Field("", max_length=200)
+    display_name: OneLine = Field("", max_length=200)
     smtp_host: str = Field(min_length=1, max_length=253)
     smtp_port: int = Field(587, ge=1, le=65535)
     smtp_security: Literal["starttls", "ssl", "none"] = "starttls"

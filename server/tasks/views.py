@@ -11,12 +11,12 @@ from pydantic import AwareDatetime, Field
 
 from server.accounts.auth import api_user
 from server.api.errors import FieldError, not_found
-from server.api.operations import Model, Out, Query, operation
+from server.api.operations import Model, OneLine, Out, Query, operation
 from server.campaigns.spec import StepType
 from server.db import get_session, utcnow
 from server.errors import Invalid
 from server.tasks import service
-from server.tasks.models import CompletedVia, TaskStatus
+from server.tasks.models import CompletedVia, Task, TaskStatus
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/tasks")
 
@@ -86,7 +86,7 @@ class CompleteIn(Model):
     """How a task was completed. ``sent_at`` is when an email task's email really left."""
 
     sent_at: AwareDatetime | None = None
-    message_id: str | None = Field(None, max_length=998)
+    message_id: OneLine | None = Field(None, max_length=998)
     via: CompletedVia = CompletedVia.WEB
 
 
@@ -156,8 +156,18 @@ def complete(task_id: int, body: CompleteIn) -> TaskAction:
     """Complete a task; the person's campaign moves on. Doing it twice is harmless."""
     _read(task_id)
     now = utcnow()
-    if body.sent_at is not None and body.sent_at > now + timedelta(minutes=1):
-        raise Invalid([FieldError("sent_at", "is in the future")])
+    if body.sent_at is not None:
+        task = get_session().get(Task, task_id)
+        assert task is not None
+        # The task stands for its step from its due moment or its creation, whichever came
+        # first (a task made late, T7 keep, is due before it exists).
+        created = min(task.created_at, task.due_at)
+        # A minute of leeway either way for clocks that differ (the add-ins').
+        if body.sent_at > now + timedelta(minutes=1):
+            raise Invalid([FieldError("sent_at", "is in the future (T9)", "T9")])
+        if body.sent_at < created - timedelta(minutes=1):
+            raise Invalid([FieldError("sent_at", f"is before the task was created "
+                                      f"({created.isoformat()}) (T9)", "T9")])
     changed = service.complete_task(get_session(), api_user(), task_id, now=now,
                                     sent_at=body.sent_at, message_id=body.message_id,
                                     via=body.via)

@@ -175,7 +175,7 @@ def _save(user: User, template: Template | None) -> Any:
         preview = None if errors else preview_context(
             user, values["subject"], values["body_html"], request.form.get("contact_id"))
         return _editor(user, template, values, errors=errors, preview=preview,
-                       status=422 if errors else 200)
+                       status=422 if errors or (preview and preview["problems"]) else 200)
     db = get_session()
     if not errors:
         try:
@@ -205,4 +205,6 @@ def template_preview() -> Any:
                                too_big=True), 413
     preview = preview_context(user, values["subject"], values["body_html"],
                               request.form.get("contact_id"))
-    return render_template("web/templates/_preview.html", preview=preview, csrf=csrf_token())
+    # A template with problems is answered 422, as saving it would be.
+    return render_template("web/templates/_preview.html", preview=preview,
+                           csrf=csrf_token()), 422 if preview["problems"] else 200
