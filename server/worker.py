@@ -23,7 +23,7 @@ from typing import Any
 from flask import Flask
 
 from server.campaigns.progress import start_due_enrollments
-from server.db import session_scope, utcnow
+from server.db import session_scope, use_worker_sessions, utcnow
 from server.mail.dispatcher import (
     Dispatcher,
     DispatchResult,
@@ -156,6 +156,7 @@ def _salesforce(app: Flask, now: datetime) -> Any:
 def run(app: Flask, stop: threading.Event | None = None, *, once: bool = False) -> None:
     """Run ticks every ``WORKER_POLL_SECONDS`` until ``stop`` is set (or once)."""
     stop = stop or threading.Event()
+    use_worker_sessions(app)  # lock_timeout, idle-in-transaction timeout, keepalives
     interval = float(app.config["WORKER_POLL_SECONDS"])
     log.info("worker running against %s, every %.1f s", _safe_url(app), interval)
     while not stop.is_set():
