@@ -81,12 +81,12 @@ def test_after_a_bulk_launch_every_mailbox_is_served_at_its_pace(
         campaign = make_campaign(session, rep, [
             email_step(1, SendOption.AT_TIME, tpl, send_time=now.time()), task_step(2)])
         contacts = [make_contact(session, rep, f"{rep.id}-{i}@example.com").id
-                    for i in range(25)]
+                    for i in range(40)]
         launch(session, rep, campaign, contacts, start_at=now, now=now)
         session.commit()
     due = session.scalars(select(ScheduledSend.due_at).distinct()).all()
     session.commit()
-    assert due == [now] and len(rows(session)) == 12 * 25
+    assert due == [now] and len(rows(session)) == 12 * 40
     d = make_dispatcher(app, fake, clock, pace=Pace(3, 45), batch=20)
     for n in (1, 2, 3):
         result = d.run_once()

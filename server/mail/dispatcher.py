@@ -45,7 +45,7 @@ from datetime import datetime, timedelta
 from email.utils import formataddr
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import and_, case, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -463,9 +463,9 @@ class Dispatcher:
     def claim_batch(self, limit: int | None = None) -> list[_Held]:
         """Claim up to ``limit`` rows: uncertain ones, then each mailbox's fair share.
 
-        Uncertain rows are claimed in one transaction, then each mailbox's due rows in a
-        transaction of its own (:meth:`_claim_paced`), so a worker stalled inside a claim
-        holds the pace row of one mailbox at most.
+        Uncertain rows are claimed in one transaction, then the mailboxes' due rows a few
+        mailboxes per transaction (:meth:`_claim_paced`), so a worker stalled inside a claim
+        holds the pace rows of a group's worth of mailboxes at most.
         """
         limit = limit or self.settings.batch
         now = self.clock.now()
@@ -488,22 +488,26 @@ class Dispatcher:
 
         First the mailboxes with due rows are found (one index probe per rep, however many
         rows are due), then the batch is split between them round-robin
-        (:func:`pacing.fair_shares`), least recently claimed mailbox first, and each
-        mailbox's share is claimed in its own short transaction under its ``mailbox_pace``
-        row lock (``SKIP LOCKED``: a mailbox another worker is claiming for or sending from
+        (:func:`pacing.fair_shares`), least recently claimed mailbox first, and the shares
+        are claimed a few mailboxes per short transaction under their ``mailbox_pace`` row
+        locks (``SKIP LOCKED``: a mailbox another worker is claiming for or sending from
         right now is left to it). What a mailbox cannot use is shared again among the others.
         """
         if limit <= 0:
             return []
+        # One index probe per rep: the rep's first row in (owner_id, status, due_at) order
+        # (the ORDER BY makes the planner use that index, never a scan of every due row,
+        # however large the backlog after a bulk launch).
+        def probe(*where: Any) -> Any:
+            return select(SS.id).where(SS.owner_id == User.id, *where)\
+                .order_by(SS.due_at).limit(1).scalar_subquery()
+
         with self._tx() as s:  # reads only: nothing here waits on another worker
-            found = s.execute(
-                select(User.id, User.org_id,
-                       exists().where(SS.owner_id == User.id, SS.status == SendStatus.DRAFTED,
-                                      self._free(now)).label("drafted"))
-                .where(or_(exists().where(SS.owner_id == User.id, self._due(now)),
-                           exists().where(SS.owner_id == User.id,
-                                          SS.status == SendStatus.DRAFTED, self._free(now))))
-                .order_by(User.id)).all()
+            found = [r for r in s.execute(
+                select(User.id, User.org_id, probe(self._due(now)).label("due"),
+                       probe(SS.status == SendStatus.DRAFTED, self._free(now))
+                       .label("drafted")).order_by(User.id)).all()
+                     if r.due is not None or r.drafted is not None]
             ids = [r.id for r in found]
             paces = {p.owner_id: p for p in s.scalars(
                 select(MailboxPace).where(MailboxPace.owner_id.in_(ids)))} if ids else {}
@@ -526,17 +530,21 @@ class Dispatcher:
                  for r in owners}
         claims: list[Claim] = []
         active = [r for r in owners if rooms[r.id] > 0]
+        chunk = max(self.settings.group, 1)
         while len(claims) < limit and active:
             shares = pacing.fair_shares([rooms[r.id] for r in active], limit - len(claims))
+            wanted = [(r, share) for r, share in zip(active, shares, strict=True) if share > 0]
             again = []
-            for r, share in zip(active, shares, strict=True):
-                if share <= 0:
-                    continue
-                got = self._claim_owner(r.id, r.org_id, share, bool(r.drafted), now)
-                claims += got
-                rooms[r.id] -= len(got)
-                if len(got) == share and rooms[r.id] > 0:
-                    again.append(r)
+            for i in range(0, len(wanted), chunk):
+                part = wanted[i:i + chunk]
+                got = self._claim_owners([(r.id, r.org_id, share, r.drafted is not None)
+                                          for r, share in part], now)
+                for r, share in part:
+                    n = len(got.get(r.id, ()))
+                    claims += got.get(r.id, [])
+                    rooms[r.id] -= n
+                    if n == share and rooms[r.id] > 0:
+                        again.append(r)
             active = again
         return claims
 
@@ -559,36 +567,46 @@ class Dispatcher:
                 SS.lease_expires_at > now).group_by(SS.owner_id)).all()
         return {owner: int(n) for owner, n in found}
 
-    def _claim_owner(self, owner_id: int, org_id: int, share: int, drafted: bool,
-                     now: datetime) -> list[Claim]:
-        """Claim up to ``share`` of one mailbox's oldest due rows in one transaction.
+    def _claim_owners(self, wanted: list[tuple[int, int, int, bool]],
+                      now: datetime) -> dict[int, list[Claim]]:
+        """Claim up to its share of each of a few mailboxes' oldest due rows, in one transaction.
 
-        Nothing when another worker holds the mailbox's pace row (it is claiming for it or
-        marking its emails ``sending`` right now): never waited for.
+        ``wanted`` holds (owner, org, share, has drafted rows to resume); at most a group's
+        worth of mailboxes, so a worker stalled here holds no more of them than it does while
+        marking a group ``sending``. A mailbox whose pace row another worker holds (claiming
+        for it or marking its emails ``sending`` right now) is skipped, never waited for.
         """
-        lock = (select(MailboxPace).where(MailboxPace.owner_id == owner_id)
-                .with_for_update(skip_locked=True).execution_options(populate_existing=True))
+        out: dict[int, list[Claim]] = {}
+        values = {"status": case((SS.status == SendStatus.SCHEDULED, SendStatus.CLAIMED.value),
+                                 else_=SS.status), "updated_at": now}
         with self._tx() as s:
-            pace_row = s.scalar(lock)
-            if pace_row is None:
-                return []
-            in_flight = self._in_flight(s, [owner_id], now).get(owner_id, 0)
-            room = min(share, self._room(pace_row, org_id, self._org_caps(s, {org_id}),
-                                         in_flight, now))
-            if room <= 0:
-                return []
-            ready = self._sendable(now) if drafted else self._due(now)
-            values = {"status": case((SS.status == SendStatus.SCHEDULED,
-                                      SendStatus.CLAIMED.value), else_=SS.status),
-                      "updated_at": now}
-            claims = claim(s, SS, ready=and_(SS.owner_id == owner_id, ready),
-                           order_by=SS.due_at, now=now, lease=self.settings.lease,
-                           limit=room, values=values)
-            if claims:
-                s.execute(update(MailboxPace).where(MailboxPace.owner_id == owner_id)
+            locked = {p.owner_id: p for p in s.scalars(
+                select(MailboxPace).where(MailboxPace.owner_id.in_([w[0] for w in wanted]))
+                .order_by(MailboxPace.owner_id).with_for_update(skip_locked=True)
+                .execution_options(populate_existing=True))}
+            if not locked:
+                return out
+            in_flight = self._in_flight(s, list(locked), now)
+            caps = self._org_caps(s, {w[1] for w in wanted})
+            for owner_id, org_id, share, drafted in wanted:
+                pace_row = locked.get(owner_id)
+                if pace_row is None:
+                    continue
+                room = min(share, self._room(pace_row, org_id, caps,
+                                             in_flight.get(owner_id, 0), now))
+                if room <= 0:
+                    continue
+                ready = self._sendable(now) if drafted else self._due(now)
+                got = claim(s, SS, ready=and_(SS.owner_id == owner_id, ready),
+                            order_by=SS.due_at, now=now, lease=self.settings.lease,
+                            limit=room, values=values)
+                if got:
+                    out[owner_id] = got
+            if out:
+                s.execute(update(MailboxPace).where(MailboxPace.owner_id.in_(list(out)))
                           .values(claimed_at=now))
                 self.crash("in_claim")
-        return claims
+        return out
 
     @staticmethod
     def _ensure_pace_rows(s: Session, owner_ids: list[int]) -> None:
