@@ -36,7 +36,7 @@ STOP_POINTS = ("in_sweep_tx", "in_claim", "in_draft_tx", "in_sending_tx", "in_se
 REPS = 20
 SENDS = 800  # per run; A can hold the pace rows of at most one group's reps (10)
 WARMUP = 30  # deliveries of B and C before the measured window starts
-MEASURED = 150  # deliveries of B and C in the measured window
+MEASURED = 250  # deliveries of B and C in the measured window
 TWIN = "stall_twin"  # the baseline's schema
 EXPIRED = 20  # expired claimed and sending rows seeded for A's sweep to stop in
 

@@ -463,9 +463,9 @@ class Dispatcher:
     def claim_batch(self, limit: int | None = None) -> list[_Held]:
         """Claim up to ``limit`` rows: uncertain ones, then each mailbox's fair share.
 
-        Uncertain rows are claimed in one transaction, then the mailboxes' due rows a few
-        mailboxes per transaction (:meth:`_claim_paced`), so a worker stalled inside a claim
-        holds the pace rows of a group's worth of mailboxes at most.
+        Uncertain rows are claimed in one transaction, then each mailbox's due rows in a
+        transaction of its own (:meth:`_claim_paced`), so a worker stalled inside a claim
+        holds the pace row of one mailbox at most.
         """
         limit = limit or self.settings.batch
         now = self.clock.now()
@@ -488,9 +488,9 @@ class Dispatcher:
 
         First the mailboxes with due rows are found (one index probe per rep, however many
         rows are due), then the batch is split between them round-robin
-        (:func:`pacing.fair_shares`), least recently claimed mailbox first, and the shares
-        are claimed a few mailboxes per short transaction under their ``mailbox_pace`` row
-        locks (``SKIP LOCKED``: a mailbox another worker is claiming for or sending from
+        (:func:`pacing.fair_shares`), least recently claimed mailbox first, and each share
+        is claimed in a short transaction of its own under the mailbox's ``mailbox_pace`` row
+        lock (``SKIP LOCKED``: a mailbox another worker is claiming for or sending from
         right now is left to it). What a mailbox cannot use is shared again among the others.
         """
         if limit <= 0:
@@ -530,7 +530,11 @@ class Dispatcher:
                  for r in owners}
         claims: list[Claim] = []
         active = [r for r in owners if rooms[r.id] > 0]
-        chunk = max(self.settings.group, 1)
+        # One mailbox per claim transaction: a worker stalled inside a claim holds the pace
+        # row of that one mailbox (claiming a group's worth of mailboxes per transaction
+        # costs fewer round trips, but measured: one worker stopped there took 27% of the
+        # others' throughput, tests/test_dispatch_stall.py).
+        chunk = 1
         while len(claims) < limit and active:
             shares = pacing.fair_shares([rooms[r.id] for r in active], limit - len(claims))
             wanted = [(r, share) for r, share in zip(active, shares, strict=True) if share > 0]
@@ -571,10 +575,9 @@ class Dispatcher:
                       now: datetime) -> dict[int, list[Claim]]:
         """Claim up to its share of each of a few mailboxes' oldest due rows, in one transaction.
 
-        ``wanted`` holds (owner, org, share, has drafted rows to resume); at most a group's
-        worth of mailboxes, so a worker stalled here holds no more of them than it does while
-        marking a group ``sending``. A mailbox whose pace row another worker holds (claiming
-        for it or marking its emails ``sending`` right now) is skipped, never waited for.
+        ``wanted`` holds (owner, org, share, has drafted rows to resume). A mailbox whose
+        pace row another worker holds (claiming for it or marking its emails ``sending``
+        right now) is skipped, never waited for.
         """
         out: dict[int, list[Claim]] = {}
         values = {"status": case((SS.status == SendStatus.SCHEDULED, SendStatus.CLAIMED.value),
