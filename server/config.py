@@ -11,6 +11,12 @@ from typing import Any
 ENV_VARS: dict[str, str | None] = {
     "PUBLIC_URL": "http://127.0.0.1:5000",
     "DATABASE_URL": None,
+    # The session settings of `relay worker` on PostgreSQL (server.db.WORKER_DB_SETTINGS).
+    "DB_LOCK_TIMEOUT_SECONDS": "5",
+    "DB_IDLE_IN_TRANSACTION_SECONDS": "60",
+    "DB_KEEPALIVES_IDLE_SECONDS": "30",
+    "DB_KEEPALIVES_INTERVAL_SECONDS": "10",
+    "DB_KEEPALIVES_COUNT": "3",
     "SECRET_KEY": None,
     "ENCRYPTION_KEYS": None,
     "GOOGLE_CLIENT_ID": None,

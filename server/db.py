@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from flask import Flask, g
 from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -96,23 +99,111 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def init_app(app: Flask) -> None:
-    """Bind an engine and a session factory to ``app``; close the session per app context."""
-    engine = make_engine(app.config["DATABASE_URL"])
+#: The database session settings of ``relay worker`` processes on PostgreSQL (the
+#: README's Configuration table), with their defaults. A worker never waits on another's
+#: rows (those statements skip locked rows), and these bound whatever else might: a lock
+#: wait gives up after ``DB_LOCK_TIMEOUT_SECONDS``; a session left idle inside a
+#: transaction (a worker stopped or frozen mid-transaction) is ended by the server after
+#: ``DB_IDLE_IN_TRANSACTION_SECONDS``, releasing its locks (keep it well under
+#: ``SEND_LEASE_SECONDS``); and TCP keepalives find a connection whose peer is gone (a
+#: network partition) within idle + interval × count seconds, on both ends.
+WORKER_DB_SETTINGS: dict[str, float] = {
+    "DB_LOCK_TIMEOUT_SECONDS": 5,
+    "DB_IDLE_IN_TRANSACTION_SECONDS": 60,
+    "DB_KEEPALIVES_IDLE_SECONDS": 30,
+    "DB_KEEPALIVES_INTERVAL_SECONDS": 10,
+    "DB_KEEPALIVES_COUNT": 3,
+}
+
+
+def worker_connect_args(config: Mapping[str, Any], url: str = "") -> dict[str, Any]:
+    """The libpq connection arguments of a worker's PostgreSQL sessions (``WORKER_DB_SETTINGS``).
+
+    ``lock_timeout`` and ``idle_in_transaction_session_timeout`` are sent as startup
+    ``options`` (no extra round trip; any ``options`` already in ``url`` are kept); the
+    keepalives are libpq's ``keepalives*`` parameters for the worker's end and the server's
+    ``tcp_keepalives_*`` for the other. A value of 0 turns a timeout off.
+    """
+    def get(name: str) -> float:
+        value = config.get(name)
+        number = WORKER_DB_SETTINGS[name] if value in (None, "") else float(value)
+        if number < 0:
+            raise ValueError(f"{name} must be 0 or more, not {value!r}")
+        return number
+
+    def ms(name: str) -> int:
+        return round(get(name) * 1000)
+
+    idle = max(round(get("DB_KEEPALIVES_IDLE_SECONDS")), 1)
+    interval = max(round(get("DB_KEEPALIVES_INTERVAL_SECONDS")), 1)
+    count = max(round(get("DB_KEEPALIVES_COUNT")), 1)
+    # The server probes its end too, so it ends the session of a worker that is gone.
+    options = (f"-c lock_timeout={ms('DB_LOCK_TIMEOUT_SECONDS')} "
+               f"-c idle_in_transaction_session_timeout={ms('DB_IDLE_IN_TRANSACTION_SECONDS')} "
+               f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
+               f"-c tcp_keepalives_count={count}")
+    given = make_url(url).query.get("options") if url else None
+    if given:
+        options = f"{given if isinstance(given, str) else ' '.join(given)} {options}"
+    return {"options": options, "keepalives": 1, "keepalives_idle": idle,
+            "keepalives_interval": interval, "keepalives_count": count}
+
+
+def use_worker_sessions(app: Flask) -> None:
+    """Rebind ``app``'s engines with the worker session settings (``relay worker`` does this).
+
+    On PostgreSQL every connection of the worker then has ``lock_timeout``,
+    ``idle_in_transaction_session_timeout`` and TCP keepalives (``worker_connect_args``);
+    SQLite is left as it is. The web app's own connections keep the server's defaults.
+    """
+    url = app.config["DATABASE_URL"]
+    if not url.startswith("postgresql"):
+        return
+    args = worker_connect_args(app.config, url)
+    raw = app.config.get("DB_IDLE_IN_TRANSACTION_SECONDS")
+    idle = float(WORKER_DB_SETTINGS["DB_IDLE_IN_TRANSACTION_SECONDS"] if raw in (None, "")
+                 else raw)
+    lease = float(app.config.get("SEND_LEASE_SECONDS") or 120)
+    if not 0 < idle < lease:
+        logging.getLogger("relay.worker").warning(
+            "DB_IDLE_IN_TRANSACTION_SECONDS=%g: a worker stopped inside a transaction keeps "
+            "its rows locked for longer than a send lease (SEND_LEASE_SECONDS=%g); keep it "
+            "well under the lease", idle, lease)
+    dispose(app)
+    _bind(app, make_engine(url, connect_args=args),
+          make_engine(url, connect_args=args, isolation_level="AUTOCOMMIT",
+                      pool_reset_on_return=None))
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a lock wait that gave up (``lock_timeout``, ``NOWAIT``, SQLite busy)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "55P03" or "database is locked" in str(orig)
+
+
+def _bind(app: Flask, engine: Engine, read_engine: Engine) -> None:
     app.extensions["relay.engine"] = engine
     app.extensions["relay.sessionmaker"] = sessionmaker(engine, expire_on_commit=False)
     writer = engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
     app.extensions["relay.write_sessionmaker"] = sessionmaker(writer, expire_on_commit=False)
+    app.extensions["relay.read_engine"] = read_engine
+
+
+def init_app(app: Flask) -> None:
+    """Bind an engine and a session factory to ``app``; close the session per app context."""
+    engine = make_engine(app.config["DATABASE_URL"])
     # Hot read paths on PostgreSQL use a plain connection from a second, small pool whose
     # connections stay in autocommit: no BEGIN and no COMMIT round trip (three round trips
     # become one), no ORM session to set up, no isolation switching on checkout and nothing
     # to roll back on return, so psycopg keeps its prepared statements. Under READ COMMITTED
     # every statement has its own snapshot anyway, so a read-only request sees nothing
     # different. SQLite keeps its explicit BEGIN and the one engine.
-    app.extensions["relay.read_engine"] = (
-        engine if engine.dialect.name == "sqlite"
-        else make_engine(app.config["DATABASE_URL"], isolation_level="AUTOCOMMIT",
-                         pool_reset_on_return=None))
+    _bind(app, engine,
+          engine if engine.dialect.name == "sqlite"
+          else make_engine(app.config["DATABASE_URL"], isolation_level="AUTOCOMMIT",
+                           pool_reset_on_return=None))
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:

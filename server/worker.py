@@ -35,7 +35,7 @@ from typing import Any
 from flask import Flask
 
 from server.campaigns.progress import start_due_enrollments
-from server.db import session_scope, utcnow
+from server.db import session_scope, use_worker_sessions, utcnow
 from server.mail.dispatcher import (
     Dispatcher,
     DispatchResult,
@@ -210,6 +210,7 @@ def run(app: Flask, stop: threading.Event | None = None, *, once: bool = False) 
     A pass under way when ``stop`` is set drains (see :func:`tick`) before this returns.
     """
     stop = stop or threading.Event()
+    use_worker_sessions(app)  # lock_timeout, idle-in-transaction timeout, keepalives
     interval = float(app.config["WORKER_POLL_SECONDS"])
     log.info("worker running against %s, every %.1f s", _safe_url(app), interval)
     while not stop.is_set():

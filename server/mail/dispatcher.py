@@ -64,10 +64,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import formataddr, parseaddr
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import and_, case, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.accounts.models import User
@@ -83,7 +84,7 @@ from server.compose.prefill import (
 )
 from server.compose.render import OutputTooLarge, TemplateInvalid, render_email
 from server.contacts.models import Contact
-from server.db import utcnow
+from server.db import is_lock_timeout, utcnow
 from server.feed.models import EventKind
 from server.feed.service import record, record_many
 from server.mail import pacing
@@ -124,19 +125,27 @@ from server.outbox.leases import (
     fenced_update_many,
     release,
 )
+from server.outbox.leases import sweep as sweep_expired
 from server.tasks.models import CompletedVia, Task, TaskStatus
 from server.tasks.tags import tag_for_task
 
 log = logging.getLogger("relay.dispatch")
 
-#: Where a test may kill a worker (``RELAY_CRASH_AT``): inside the claim transaction before
-#: its commit, after the claim is committed, after the draft id is committed, after
-#: ``sending`` is committed, and after the provider accepted the email but before ``sent`` is
-#: committed.
+#: Where a test may kill (``RELAY_CRASH_AT``) or stop (``RELAY_STOP_AT``) a worker: inside the
+#: claim transaction before its commit, after the claim is committed, after the draft id is
+#: committed, after ``sending`` is committed, and after the provider accepted the email but
+#: before ``sent`` is committed; and inside (holding its row locks, before the commit) the
+#: transaction that sweeps expired leases, records draft ids, marks rows ``sending`` with
+#: their pace slots, or records them ``sent``.
 CRASH_POINTS = ("in_claim", "after_claim", "after_draft", "after_sending",
-                "after_provider_send")
+                "after_provider_send", "in_sweep_tx", "in_draft_tx", "in_sending_tx",
+                "in_sent_tx")
 
 SS = ScheduledSend
+_T = TypeVar("_T")
+
+#: How long an email waits when its mailbox's pace row is held by another worker.
+LOCKED_RETRY = timedelta(seconds=1)
 
 
 class Clock(Protocol):
@@ -438,11 +447,11 @@ class Dispatcher:
         self._senders = {}
         self._kinds = {}
         result = DispatchResult()
-        result.swept = self.sweep()
+        result.swept = self._or_later(self.sweep, 0)
         for _ in range(self.settings.max_batches):
             if self._stopping():
                 break
-            held = self.claim_batch()
+            held = self._or_later(self.claim_batch, [])
             if not held:
                 break
             result.claimed += len(held)
@@ -457,7 +466,8 @@ class Dispatcher:
                         result.add(outcome)
                     return result
                 group = held[i:i + size]
-                outcomes = self._process_group_scoped(group)
+                outcomes = self._or_later(lambda g=group: self._process_group_scoped(g),
+                                          ["deferred"] * len(group))
                 for outcome in outcomes:
                     result.add(outcome)
                 self._count(group, outcomes)
@@ -470,25 +480,44 @@ class Dispatcher:
         for held, outcome in zip(helds, outcomes, strict=True):
             self.on_outcome(outcome, self._kinds.get(held.claim.id, "none"))
 
+    def _or_later(self, step: Callable[[], _T], later: _T) -> _T:
+        """Run ``step``; a lock wait that timed out means "try later", not a failed pass.
+
+        Nothing the dispatcher does waits on another worker's rows (those statements skip
+        locked rows), but a worker's database session also sets ``lock_timeout``
+        (``DB_LOCK_TIMEOUT_SECONDS``) for anything else that might; when it fires, the
+        step's transaction is rolled back, its rows keep their lease and are taken up again
+        when it runs out (claimed ones swept back, ``sending`` ones reconciled).
+        """
+        try:
+            return step()
+        except OperationalError as exc:
+            if not is_lock_timeout(exc):
+                raise
+            log.warning("a database lock wait timed out (%s); trying again later",
+                        str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
+            return later
+
     def sweep(self) -> int:
-        """Expired leases: ``claimed`` → ``scheduled``, ``sending`` → ``uncertain``."""
+        """Expired leases: ``claimed`` → ``scheduled``, ``sending`` → ``uncertain``.
+
+        Rows another transaction holds locked are skipped (:func:`server.outbox.leases.sweep`):
+        a worker stopped in the middle of writing its rows never makes this one wait.
+        """
         now = self.clock.now()
         with self._tx() as s:
-            back = s.execute(
-                update(SS).where(SS.status == SendStatus.CLAIMED, expired(SS, now))
-                .values(status=SendStatus.SCHEDULED, lease_token=None, lease_expires_at=None,
-                        updated_at=now).execution_options(synchronize_session=False)
-            ).rowcount
-            unknown = s.execute(
-                update(SS).where(SS.status == SendStatus.SENDING, expired(SS, now))
-                .values(status=SendStatus.UNCERTAIN, lease_token=None, lease_expires_at=None,
-                        last_error="the worker's lease ran out while sending",
-                        updated_at=now).execution_options(synchronize_session=False)
-            ).rowcount
+            back = sweep_expired(s, SS, where=SS.status == SendStatus.CLAIMED, now=now,
+                                 values={"status": SendStatus.SCHEDULED, "updated_at": now})
+            unknown = sweep_expired(
+                s, SS, where=SS.status == SendStatus.SENDING, now=now,
+                values={"status": SendStatus.UNCERTAIN, "updated_at": now,
+                        "last_error": "the worker's lease ran out while sending"})
+            if back or unknown:
+                self.crash("in_sweep_tx")
         if back or unknown:
             log.info("swept expired leases: %d claimed back to scheduled, %d sending to "
                      "uncertain", back, unknown)
-        return int(back) + int(unknown)
+        return back + unknown
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -506,62 +535,155 @@ class Dispatcher:
         )
 
     def claim_batch(self, limit: int | None = None) -> list[_Held]:
-        """Claim up to ``limit`` rows in one transaction: uncertain ones, then paced sends."""
+        """Claim up to ``limit`` rows: uncertain ones, then each mailbox's fair share.
+
+        Uncertain rows are claimed in one transaction, then each mailbox's due rows in a
+        transaction of its own (:meth:`_claim_paced`), so a worker stalled inside a claim
+        holds the pace row of one mailbox at most.
+        """
         limit = limit or self.settings.batch
         now = self.clock.now()
-        lease = self.settings.lease
         with self._tx() as s:
             claims = claim(s, SS, ready=and_(SS.status == SendStatus.UNCERTAIN, self._free(now)),
-                           order_by=SS.id, now=now, lease=lease, limit=limit, values={})
-            claims += self._claim_paced(s, now, limit - len(claims))
+                           order_by=SS.id, now=now, lease=self.settings.lease, limit=limit,
+                           values={})
             if claims:
                 self.crash("in_claim")
+        claims += self._claim_paced(now, limit - len(claims))
         return [_Held(c, c.expires_at) for c in claims]
 
-    def _claim_paced(self, s: Session, now: datetime, limit: int) -> list[Claim]:
+    def _due(self, now: datetime) -> Any:
+        """A scheduled row whose moment (and retry moment) has come."""
+        return and_(SS.status == SendStatus.SCHEDULED, SS.due_at <= now,
+                    or_(SS.next_attempt_at.is_(None), SS.next_attempt_at <= now))
+
+    def _claim_paced(self, now: datetime, limit: int) -> list[Claim]:
+        """Claim due rows across mailboxes fairly, each up to what its pace allows now.
+
+        First the mailboxes with due rows are found (one index probe per rep, however many
+        rows are due), then the batch is split between them round-robin
+        (:func:`pacing.fair_shares`), least recently claimed mailbox first, and each share
+        is claimed in a short transaction of its own under the mailbox's ``mailbox_pace`` row
+        lock (``SKIP LOCKED``: a mailbox another worker is claiming for or sending from
+        right now is left to it). What a mailbox cannot use is shared again among the others.
+        """
         if limit <= 0:
             return []
-        window = (select(SS.owner_id, SS.org_id, SS.due_at).where(self._sendable(now))
-                  .order_by(SS.due_at).limit(max(limit * 4, 200)).subquery())
-        rows = s.execute(select(window.c.owner_id, window.c.org_id,
-                                func.min(window.c.due_at).label("first"))
-                         .group_by(window.c.owner_id, window.c.org_id)
-                         .order_by("first")).all()
-        owners = [(r.owner_id, r.org_id) for r in rows
-                  if self._transport(r.owner_id) is not None]
-        if not owners:
-            return []
-        ids = [o for o, _ in owners]
-        self._ensure_pace_rows(s, ids)
-        locked = {p.owner_id: p for p in s.scalars(
-            select(MailboxPace).where(MailboxPace.owner_id.in_(ids))
-            .with_for_update(skip_locked=True).execution_options(populate_existing=True))}
-        in_flight = dict(s.execute(
+        # One index probe per rep: the rep's first row in (owner_id, status, due_at) order
+        # (the ORDER BY makes the planner use that index, never a scan of every due row,
+        # however large the backlog after a bulk launch).
+        def probe(*where: Any) -> Any:
+            return select(SS.id).where(SS.owner_id == User.id, *where)\
+                .order_by(SS.due_at).limit(1).scalar_subquery()
+
+        with self._tx() as s:  # reads only: nothing here waits on another worker
+            found = [r for r in s.execute(
+                select(User.id, User.org_id, probe(self._due(now)).label("due"),
+                       probe(SS.status == SendStatus.DRAFTED, self._free(now))
+                       .label("drafted")).order_by(User.id)).all()
+                     if r.due is not None or r.drafted is not None]
+            ids = [r.id for r in found]
+            paces = {p.owner_id: p for p in s.scalars(
+                select(MailboxPace).where(MailboxPace.owner_id.in_(ids)))} if ids else {}
+            in_flight = self._in_flight(s, ids, now) if ids else {}
+            caps = self._org_caps(s, {r.org_id for r in found})
+            s.expunge_all()
+        # Transports are looked up outside any transaction (a resolver may call out).
+        owners = [r for r in found if self._transport(r.id) is not None]
+        missing = [r.id for r in owners if r.id not in paces]
+        if missing:
+            # Committed on their own, first: an uncommitted insert would make every other
+            # worker's insert of the same row wait for this transaction.
+            with self._tx() as s:
+                self._ensure_pace_rows(s, missing)
+            for owner_id in missing:
+                paces[owner_id] = MailboxPace(owner_id=owner_id, recent=[], day_count=0)
+        epoch = datetime.min.replace(tzinfo=now.tzinfo)
+        owners.sort(key=lambda r: (paces[r.id].claimed_at or epoch, r.id))
+        rooms = {r.id: self._room(paces[r.id], r.org_id, caps, in_flight.get(r.id, 0), now)
+                 for r in owners}
+        claims: list[Claim] = []
+        active = [r for r in owners if rooms[r.id] > 0]
+        # One mailbox per claim transaction: a worker stalled inside a claim holds the pace
+        # row of that one mailbox (claiming a group's worth of mailboxes per transaction
+        # costs fewer round trips, but measured: one worker stopped there took 27% of the
+        # others' throughput, tests/test_dispatch_stall.py).
+        chunk = 1
+        while len(claims) < limit and active:
+            shares = pacing.fair_shares([rooms[r.id] for r in active], limit - len(claims))
+            wanted = [(r, share) for r, share in zip(active, shares, strict=True) if share > 0]
+            again = []
+            for i in range(0, len(wanted), chunk):
+                part = wanted[i:i + chunk]
+                got = self._claim_owners([(r.id, r.org_id, share, r.drafted is not None)
+                                          for r, share in part], now)
+                for r, share in part:
+                    n = len(got.get(r.id, ()))
+                    claims += got.get(r.id, [])
+                    rooms[r.id] -= n
+                    if n == share and rooms[r.id] > 0:
+                        again.append(r)
+            active = again
+        return claims
+
+    def _room(self, pace_row: MailboxPace, org_id: int, caps: Mapping[int, int | None],
+              in_flight: int, now: datetime) -> int:
+        """How many more rows of this mailbox may be claimed now (its pace and cap)."""
+        transport = self._transport(pace_row.owner_id)
+        cap = pacing.effective_cap(self.settings.daily_cap, caps.get(org_id),
+                                   getattr(transport, "daily_limit", None))
+        return pacing.free_slots(self._state(pace_row), now, self.settings.pace,
+                                 cap) - in_flight
+
+    @staticmethod
+    def _in_flight(s: Session, owner_ids: list[int], now: datetime) -> dict[int, int]:
+        """Rows of these mailboxes claimed or drafted under a live lease (not yet paced)."""
+        found = s.execute(
             select(SS.owner_id, func.count()).where(
-                SS.owner_id.in_(ids), SS.status.in_((SendStatus.CLAIMED, SendStatus.DRAFTED)),
-                SS.lease_expires_at > now).group_by(SS.owner_id)).all())
-        caps = self._org_caps(s, {org for _, org in owners})
+                SS.owner_id.in_(owner_ids),
+                SS.status.in_((SendStatus.CLAIMED, SendStatus.DRAFTED)),
+                SS.lease_expires_at > now).group_by(SS.owner_id)).all()
+        return {owner: int(n) for owner, n in found}
+
+    def _claim_owners(self, wanted: list[tuple[int, int, int, bool]],
+                      now: datetime) -> dict[int, list[Claim]]:
+        """Claim up to its share of each of a few mailboxes' oldest due rows, in one transaction.
+
+        ``wanted`` holds (owner, org, share, has drafted rows to resume). A mailbox whose
+        pace row another worker holds (claiming for it or marking its emails ``sending``
+        right now) is skipped, never waited for.
+        """
+        out: dict[int, list[Claim]] = {}
         values = {"status": case((SS.status == SendStatus.SCHEDULED, SendStatus.CLAIMED.value),
                                  else_=SS.status), "updated_at": now}
-        claims: list[Claim] = []
-        for owner_id, org_id in owners:
-            pace_row = locked.get(owner_id)
-            if pace_row is None:  # another worker is claiming for this mailbox right now
-                continue
-            transport = self._transport(owner_id)
-            assert transport is not None
-            cap = pacing.effective_cap(self.settings.daily_cap, caps.get(org_id),
-                                       getattr(transport, "daily_limit", None))
-            room = pacing.free_slots(self._state(pace_row), now, self.settings.pace, cap)
-            room = min(room - in_flight.get(owner_id, 0), limit - len(claims))
-            if room <= 0:
-                continue
-            claims += claim(s, SS, ready=and_(SS.owner_id == owner_id, self._sendable(now)),
+        with self._tx() as s:
+            locked = {p.owner_id: p for p in s.scalars(
+                select(MailboxPace).where(MailboxPace.owner_id.in_([w[0] for w in wanted]))
+                .order_by(MailboxPace.owner_id).with_for_update(skip_locked=True)
+                .execution_options(populate_existing=True))}
+            if not locked:
+                return out
+            in_flight = self._in_flight(s, list(locked), now)
+            caps = self._org_caps(s, {w[1] for w in wanted})
+            for owner_id, org_id, share, drafted in wanted:
+                pace_row = locked.get(owner_id)
+                if pace_row is None:
+                    continue
+                room = min(share, self._room(pace_row, org_id, caps,
+                                             in_flight.get(owner_id, 0), now))
+                if room <= 0:
+                    continue
+                ready = self._sendable(now) if drafted else self._due(now)
+                got = claim(s, SS, ready=and_(SS.owner_id == owner_id, ready),
                             order_by=SS.due_at, now=now, lease=self.settings.lease,
                             limit=room, values=values)
-            if len(claims) >= limit:
-                break
-        return claims
+                if got:
+                    out[owner_id] = got
+            if out:
+                s.execute(update(MailboxPace).where(MailboxPace.owner_id.in_(list(out)))
+                          .values(claimed_at=now))
+                self.crash("in_claim")
+        return out
 
     @staticmethod
     def _ensure_pace_rows(s: Session, owner_ids: list[int]) -> None:
@@ -719,6 +841,8 @@ class Dispatcher:
                 self._record(outcomes, job.held, job.row, job.transport,
                              "deferred" if ok else "lost")
             current = self._next_sending(s, now, queue, refused, outcomes)
+            if current is not None:
+                self.crash("in_sending_tx")  # inside the transaction that marks it sending
         while current is not None:
             current = self._send_one(current, queue, refused, outcomes)
 
@@ -757,6 +881,8 @@ class Dispatcher:
                 nxt = None
             if nxt is None:
                 nxt = self._next_sending(s, now, queue, refused, outcomes)
+            if isinstance(result, Sent):
+                self.crash("in_sent_tx")  # inside the transaction that records it sent
         if isinstance(result, Sent):
             after = getattr(job.transport, "after_sent", None)
             if after is not None:
@@ -1039,6 +1165,8 @@ class Dispatcher:
             kept = fenced_update_many(
                 s, SS, [(held.claim, {**values, "updated_at": now}) for held, values in items],
                 now=now, extend=self.settings.lease)
+            if kept:
+                self.crash("in_draft_tx")
         for held, _values in items:
             if held.claim.id in kept:
                 held.expires_at = now + self.settings.lease
@@ -1087,17 +1215,24 @@ class Dispatcher:
 
         The mailbox's pace row is locked and read once, the slots are taken in order (None)
         while the pace and the cap allow, a row that gets none gets the moment one opens, and
-        the pace row is written once.
+        the pace row is written once. A pace row another worker holds locked (it is sending
+        from this mailbox right now, or stalled in the middle of it) is skipped, never waited
+        for: no slot now, every row tries again ``LOCKED_RETRY`` later.
         """
         first = jobs[0].row
         owner_id = first.owner_id
         lock = (select(MailboxPace.recent, MailboxPace.day, MailboxPace.day_count,
                        MailboxPace.paused_until)
-                .where(MailboxPace.owner_id == owner_id).with_for_update())
+                .where(MailboxPace.owner_id == owner_id).with_for_update(skip_locked=True))
         found = s.execute(lock).first()
+        if found is None and s.get(MailboxPace, owner_id) is None:
+            with self._tx() as own:  # committed at once (see _claim_paced)
+                self._ensure_pace_rows(own, [owner_id])
+            found = s.execute(lock).first()
         if found is None:
-            self._ensure_pace_rows(s, [owner_id])
-            found = s.execute(lock).one()
+            log.info("mailbox of user %d is busy in another worker; %d emails wait %.0f s",
+                     owner_id, len(jobs), LOCKED_RETRY.total_seconds())
+            return [now + LOCKED_RETRY] * len(jobs)
         state = pacing.MailboxState(recent=tuple(float(t) for t in found.recent or ()),
                                     day=found.day, day_count=found.day_count,
                                     paused_until=found.paused_until)

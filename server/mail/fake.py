@@ -195,6 +195,8 @@ class SinkState:
     requests: list[tuple[str, int, float, int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: int = 0
+    #: Seconds every draft and send request takes (a provider's latency), outside the lock.
+    delay: float = 0.0
 
     def roll(self) -> str:
         """The fault the next send meets: "429", "503", "drop" or "ok" by the rates."""
@@ -260,6 +262,8 @@ class _Handler(BaseHTTPRequestHandler):
                 st.delivered.clear()
                 st.requests.clear()
             return self._reply(200, {})
+        if st.delay and path.startswith("/drafts"):
+            time.sleep(st.delay)
         if path == "/drafts":
             mime = raw.decode("utf-8", "replace")
             message_id = _header(mime, "Message-ID")
@@ -328,9 +332,11 @@ class _SinkHTTPServer(ThreadingHTTPServer):
 class SinkServer:
     """The HTTP sink on 127.0.0.1 (an ephemeral port), served from a background thread."""
 
-    def __init__(self, rates: dict[str, float] | None = None, seed: int = 7) -> None:
+    def __init__(self, rates: dict[str, float] | None = None, seed: int = 7, *,
+                 delay: float = 0.0) -> None:
         self.httpd = _SinkHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.state = SinkState(rates=dict(rates or {}), rng=random.Random(seed))
+        self.httpd.state = SinkState(rates=dict(rates or {}), rng=random.Random(seed),
+                                     delay=delay)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

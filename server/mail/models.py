@@ -71,7 +71,8 @@ class ScheduledSend(Leased, Base):
     __tablename__ = "scheduled_send"
     __table_args__ = (
         Index("ix_scheduled_send_due", "status", "due_at"),
-        Index("ix_scheduled_send_owner", "owner_id", "status"),
+        # Fair claiming asks, per mailbox, for its oldest due rows: owner, state, then due.
+        Index("ix_scheduled_send_owner_due", "owner_id", "status", "due_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -140,6 +141,9 @@ class MailboxPace(Base):
     day_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     paused_until: Mapped[datetime | None] = mapped_column(default=None)
     pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    #: When a worker last claimed emails of this mailbox: claims serve the mailboxes least
+    #: recently served first, so none waits behind the others.
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class OrgSendPolicy(Base):

@@ -121,6 +121,33 @@ def free_slots(state: MailboxState, now: datetime, pace: Pace, cap: int) -> int:
     return min(left, max(pace.count - len(_in_window(state, now, pace)), 0))
 
 
+def fair_shares(rooms: Sequence[int], limit: int) -> list[int]:
+    """Split a claim of at most ``limit`` rows between mailboxes, round-robin.
+
+    ``rooms[i]`` is what mailbox ``i`` may take now (its free pace slots); the result gives
+    each at most its room. While the limit binds every mailbox with room gets an equal share
+    (one more each, in the given order, for what does not divide evenly); what a mailbox
+    cannot use goes to the others. The order is the rotation: the first mailboxes get the
+    remainder, so callers put the least recently served first.
+    """
+    shares = [0] * len(rooms)
+    left = max(limit, 0)
+    active = [i for i, room in enumerate(rooms) if room > 0]
+    while left > 0 and active:
+        each = max(left // len(active), 1)
+        still = []
+        for i in active:
+            if left == 0:
+                break
+            give = min(each, rooms[i] - shares[i], left)
+            shares[i] += give
+            left -= give
+            if shares[i] < rooms[i]:
+                still.append(i)
+        active = still
+    return shares
+
+
 def record_send(state: MailboxState, now: datetime, pace: Pace) -> MailboxState:
     """The state after one more email left at ``now`` (keeps only what the pace needs)."""
     today = now.astimezone(UTC).date()

@@ -10,7 +10,9 @@ calls any provider.
 
 Claiming is one ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED) RETURNING``
 statement: on PostgreSQL concurrent workers skip each other's locked rows and never claim the
-same row twice; on SQLite the writing session's ``BEGIN IMMEDIATE`` serialises claims (the
+same row twice; expired leases are swept the same way (:func:`sweep`), so a worker stalled
+inside a transaction (SIGSTOP, a frozen VM, a network partition) never makes another wait on
+the rows it holds. On SQLite the writing session's ``BEGIN IMMEDIATE`` serialises claims (the
 ``FOR UPDATE`` clause is not emitted there) and one worker process is the supported setup.
 Time is always passed in.
 """
@@ -149,6 +151,25 @@ def release(session: Session, model: type[Any], held: Claim, *, now: datetime,
     """Finish with a row: write ``values`` and clear its lease, if the lease is still ours."""
     return fenced_update(session, model, held, now=now,
                          values={**values, "lease_token": None, "lease_expires_at": None})
+
+
+def sweep(session: Session, model: type[Any], *, where: ColumnElement[bool], now: datetime,
+          values: Mapping[str, Any]) -> int:
+    """Write ``values`` to every row matching ``where`` whose lease ran out; the count.
+
+    ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)``: a row another transaction
+    holds locked (a worker still writing it, or one stopped in the middle of its transaction)
+    is skipped, never waited for; a later sweep takes it once it is free. The lease token and
+    expiry are cleared. The caller commits.
+    """
+    candidates = (select(model.id).where(where, expired(model, now))
+                  .with_for_update(skip_locked=True))
+    return int(session.execute(
+        update(model)
+        .where(model.id.in_(candidates.scalar_subquery()), where, expired(model, now))
+        .values(lease_token=None, lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount)
 
 
 def expired(model: type[Any], now: datetime) -> ColumnElement[bool]:
