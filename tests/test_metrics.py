@@ -152,11 +152,12 @@ def test_metrics_are_for_admins_or_the_metrics_token(app: Flask, client: FlaskCl
                       ).status_code == 200
     assert client.get("/metrics", headers={"Authorization": "Bearer s3cret-scrapX"}
                       ).status_code == 401
+    # A signed-in browser session (bound to the user's session generation, as sign-in makes).
     with client.session_transaction() as s:
-        s["user_id"] = world.rep.id
+        s.update(user_id=world.rep.id, gen=world.rep.session_generation or 0)
     assert client.get("/metrics").status_code == 403
     with client.session_transaction() as s:
-        s["user_id"] = world.admin.id
+        s.update(user_id=world.admin.id, gen=world.admin.session_generation or 0)
     assert client.get("/metrics").status_code == 200
 
 
