@@ -131,8 +131,10 @@ def plan(
     for i, step in enumerate(steps):
         effective_day = step.day + slide
         on = day_date(day1, effective_day, skip)
+        # S's exact moment on its own date; elsewhere a repeated time is its first one (T8).
+        at_start = s_time if on == s_local.date() else s_time.replace(fold=0)
         own, rule, what = _own_moment(
-            step, i, on, tz, s_time, send_at, steps, email_moments, done_utc
+            step, i, on, tz, at_start, send_at, steps, email_moments, done_utc
         )
         if rule in _CHOSEN:
             # The launcher's explicit moment wins even on a weekend with skip_weekends.
@@ -230,8 +232,27 @@ def _done_prefix(steps: Sequence[StepSpec], done: Mapping[int, datetime]) -> dic
 
 
 def _local(on: date, at: time, tz: ZoneInfo) -> datetime:
-    """``on`` at local time ``at`` in ``tz`` as UTC; zoneinfo resolves DST gaps and folds."""
+    """``on`` at local time ``at`` in ``tz`` as UTC, resolving DST as T8 decides.
+
+    With ``fold=0`` zoneinfo applies the offset in force before a transition: a time in a
+    spring-forward gap moves forward by the gap (02:30 becomes 03:30) and a time that occurs
+    twice is its first occurrence. ``at`` keeps its ``fold`` only for S's own moment.
+    """
     return datetime.combine(on, at, tzinfo=tz).astimezone(UTC)
+
+
+def _dst_note(on: date, at: time, tz: ZoneInfo) -> str:
+    """The clause saying how T8 resolved ``at`` on ``on``; empty when that time occurs once.
+
+    A ``fold=1`` time is S's own exact moment (its second occurrence), so it gets no clause.
+    """
+    wall = datetime.combine(on, at, tzinfo=tz)
+    real = wall.astimezone(UTC).astimezone(tz)
+    if real.replace(tzinfo=None) != wall.replace(tzinfo=None):
+        return f"; {_hm(at)} does not exist that night (clocks go forward), so {_hm(real)} (T8)"
+    if at.fold == 0 and wall.replace(fold=1).utcoffset() != wall.utcoffset():
+        return f"; {_hm(at)} happens twice that night (clocks go back): the first one (T8)"
+    return ""
 
 
 def _own_moment(
@@ -261,23 +282,29 @@ def _own_moment(
                 f"instead of {_hm(step.send_time)} (T1)"
             )
             return moment, "at_time_override", what
-        return _local(on, step.send_time, tz), "at_time", f"at {_hm(step.send_time)} (T2)"
+        what = f"at {_hm(step.send_time)} (T2){_dst_note(on, step.send_time, tz)}"
+        return _local(on, step.send_time, tz), "at_time", what
     if option is SendOption.SAME_AS_PREVIOUS:
         for j in range(i - 1, -1, -1):
             earlier = steps[j]
             if earlier.type is StepType.EMAIL and earlier.day < step.day:
                 ref = email_moments[j].astimezone(tz)
                 sent = "sent at " if j in done_utc else ""
-                what = f"same time as previous email (day {earlier.day}, {sent}{_hm(ref)}) (T3)"
-                return _local(on, ref.time(), tz), "same_as_previous", what
+                # The time of day the previous email really has, first occurrence (T8).
+                at = ref.time().replace(fold=0)
+                what = (
+                    f"same time as previous email (day {earlier.day}, {sent}{_hm(ref)}) (T3)"
+                    f"{_dst_note(on, at, tz)}"
+                )
+                return _local(on, at, tz), "same_as_previous", what
         what = (
             f"same time as the campaign start ({_hm(s_time)}), "
-            "as there is no email on an earlier day (T3)"
+            f"as there is no email on an earlier day (T3){_dst_note(on, s_time, tz)}"
         )
         return _local(on, s_time, tz), "same_as_previous_start", what
     # email ``task`` and call, InMail and custom steps (T4)
     noun = "email task" if step.type is StepType.EMAIL else f"{step.type.value} task"
-    what = f"{noun} due at the campaign start time ({_hm(s_time)}) (T4)"
+    what = f"{noun} due at the campaign start time ({_hm(s_time)}) (T4){_dst_note(on, s_time, tz)}"
     return _local(on, s_time, tz), "task", what
 
 
