@@ -7,7 +7,7 @@ Python compares two aware datetimes that share a ``tzinfo`` by wall time, ignori
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -89,6 +89,7 @@ def plan(
     *,
     send_at: datetime | None = None,
     done: Mapping[int, datetime] | None = None,
+    skipped: Collection[int] = (),
 ) -> list[PlannedStep]:
     """Plan every step of a campaign for one person.
 
@@ -100,19 +101,26 @@ def plan(
             override of an ``at_time`` first step), tz-aware; it becomes the start ``S`` (T1).
         done: Step position -> the UTC moment the step was actually done (sent, completed or
             skipped). Only a prefix of the steps may be done.
+        skipped: Positions among ``done`` that were skipped, not sent (T10): they gate the
+            next step at the moment they were skipped, but a later ``same_as_previous`` takes
+            the time of day they were planned for.
 
     Returns:
         One ``PlannedStep`` per step, in order. Done steps keep the moment they were planned
         for, with ``done_at`` set; later steps are re-planned from what was done (T5, T7).
 
     Raises:
-        ValueError: On a naive datetime, a ``done`` that is not a prefix of the steps, or a
-            ``choose_at_launch`` step without ``send_at``.
+        ValueError: On a naive datetime, a ``done`` that is not a prefix of the steps, a
+            ``skipped`` position that is not done, or a ``choose_at_launch`` step without
+            ``send_at``.
     """
     _require_aware("start", start)
     if send_at is not None:
         _require_aware("send_at", send_at)
     done_utc = _done_prefix(steps, done or {})
+    skipped = frozenset(skipped)
+    if not skipped <= done_utc.keys():
+        raise ValueError(f"skipped steps must be done, got {sorted(skipped - done_utc.keys())}")
     tz = _zone(settings.timezone)
     skip = settings.skip_weekends
     slide_on = settings.late_task_policy is LatePolicy.SLIDE
@@ -134,7 +142,7 @@ def plan(
         # S's exact moment on its own date; elsewhere a repeated time is its first one (T8).
         at_start = s_time if on == s_local.date() else s_time.replace(fold=0)
         own, rule, what = _own_moment(
-            step, i, on, tz, at_start, send_at, steps, email_moments, done_utc
+            step, i, on, tz, at_start, send_at, steps, email_moments, done_utc, skipped
         )
         if rule in _CHOSEN:
             # The launcher's explicit moment wins even on a weekend with skip_weekends.
@@ -193,7 +201,9 @@ def plan(
             )
         )
         if step.type is StepType.EMAIL:
-            email_moments[i] = done_at if done_at is not None else due
+            # A skipped email was not sent: its planned moment is its time (T10).
+            was_sent = done_at is not None and step.position not in skipped
+            email_moments[i] = done_at if was_sent and done_at is not None else due
 
         if done_at is not None and slide_on:
             late = _days_late(due_local.date(), done_at.astimezone(tz).date(), skip)
@@ -265,6 +275,7 @@ def _own_moment(
     steps: Sequence[StepSpec],
     email_moments: Mapping[int, datetime],
     done_utc: Mapping[int, datetime],
+    skipped: Collection[int],
 ) -> tuple[datetime, str, str]:
     """The step's own moment before T2/T5, its rule code and the clause that says why."""
     option = step.send_option if step.type is StepType.EMAIL else None
@@ -289,11 +300,16 @@ def _own_moment(
             earlier = steps[j]
             if earlier.type is StepType.EMAIL and earlier.day < step.day:
                 ref = email_moments[j].astimezone(tz)
-                sent = "sent at " if j in done_utc else ""
+                if earlier.position in skipped:
+                    source = f"planned time of the skipped email on day {earlier.day}, "
+                    codes = "T3, T10"
+                else:
+                    sent = "sent at " if earlier.position in done_utc else ""
+                    source, codes = f"day {earlier.day}, {sent}", "T3"
                 # The time of day the previous email really has, first occurrence (T8).
                 at = ref.time().replace(fold=0)
                 what = (
-                    f"same time as previous email (day {earlier.day}, {sent}{_hm(ref)}) (T3)"
+                    f"same time as previous email ({source}{_hm(ref)}) ({codes})"
                     f"{_dst_note(on, at, tz)}"
                 )
                 return _local(on, at, tz), "same_as_previous", what
