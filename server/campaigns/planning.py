@@ -7,7 +7,7 @@ Python compares two aware datetimes that share a ``tzinfo`` by wall time, ignori
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -89,6 +89,7 @@ def plan(
     *,
     send_at: datetime | None = None,
     done: Mapping[int, datetime] | None = None,
+    skipped: Collection[int] = (),
 ) -> list[PlannedStep]:
     """Plan every step of a campaign for one person.
 
@@ -100,19 +101,26 @@ def plan(
             override of an ``at_time`` first step), tz-aware; it becomes the start ``S`` (T1).
         done: Step position -> the UTC moment the step was actually done (sent, completed or
             skipped). Only a prefix of the steps may be done.
+        skipped: Positions among ``done`` that were skipped, not sent (T10): they gate the
+            next step at the moment they were skipped, but a later ``same_as_previous`` takes
+            the time of day they were planned for.
 
     Returns:
         One ``PlannedStep`` per step, in order. Done steps keep the moment they were planned
         for, with ``done_at`` set; later steps are re-planned from what was done (T5, T7).
 
     Raises:
-        ValueError: On a naive datetime, a ``done`` that is not a prefix of the steps, or a
-            ``choose_at_launch`` step without ``send_at``.
+        ValueError: On a naive datetime, a ``done`` that is not a prefix of the steps, a
+            ``skipped`` position that is not done, or a ``choose_at_launch`` step without
+            ``send_at``.
     """
     _require_aware("start", start)
     if send_at is not None:
         _require_aware("send_at", send_at)
     done_utc = _done_prefix(steps, done or {})
+    skipped = frozenset(skipped)
+    if not skipped <= done_utc.keys():
+        raise ValueError(f"skipped steps must be done, got {sorted(skipped - done_utc.keys())}")
     tz = _zone(settings.timezone)
     skip = settings.skip_weekends
     slide_on = settings.late_task_policy is LatePolicy.SLIDE
@@ -131,8 +139,10 @@ def plan(
     for i, step in enumerate(steps):
         effective_day = step.day + slide
         on = day_date(day1, effective_day, skip)
+        # S's exact moment on its own date; elsewhere a repeated time is its first one (T8).
+        at_start = s_time if on == s_local.date() else s_time.replace(fold=0)
         own, rule, what = _own_moment(
-            step, i, on, tz, s_time, send_at, steps, email_moments, done_utc
+            step, i, on, tz, at_start, send_at, steps, email_moments, done_utc, skipped
         )
         if rule in _CHOSEN:
             # The launcher's explicit moment wins even on a weekend with skip_weekends.
@@ -191,7 +201,9 @@ def plan(
             )
         )
         if step.type is StepType.EMAIL:
-            email_moments[i] = done_at if done_at is not None else due
+            # A skipped email was not sent: its planned moment is its time (T10).
+            was_sent = done_at is not None and step.position not in skipped
+            email_moments[i] = done_at if was_sent and done_at is not None else due
 
         if done_at is not None and slide_on:
             late = _days_late(due_local.date(), done_at.astimezone(tz).date(), skip)
@@ -230,8 +242,27 @@ def _done_prefix(steps: Sequence[StepSpec], done: Mapping[int, datetime]) -> dic
 
 
 def _local(on: date, at: time, tz: ZoneInfo) -> datetime:
-    """``on`` at local time ``at`` in ``tz`` as UTC; zoneinfo resolves DST gaps and folds."""
+    """``on`` at local time ``at`` in ``tz`` as UTC, resolving DST as T8 decides.
+
+    With ``fold=0`` zoneinfo applies the offset in force before a transition: a time in a
+    spring-forward gap moves forward by the gap (02:30 becomes 03:30) and a time that occurs
+    twice is its first occurrence. ``at`` keeps its ``fold`` only for S's own moment.
+    """
     return datetime.combine(on, at, tzinfo=tz).astimezone(UTC)
+
+
+def _dst_note(on: date, at: time, tz: ZoneInfo) -> str:
+    """The clause saying how T8 resolved ``at`` on ``on``; empty when that time occurs once.
+
+    A ``fold=1`` time is S's own exact moment (its second occurrence), so it gets no clause.
+    """
+    wall = datetime.combine(on, at, tzinfo=tz)
+    real = wall.astimezone(UTC).astimezone(tz)
+    if real.replace(tzinfo=None) != wall.replace(tzinfo=None):
+        return f"; {_hm(at)} does not exist that night (clocks go forward), so {_hm(real)} (T8)"
+    if at.fold == 0 and wall.replace(fold=1).utcoffset() != wall.utcoffset():
+        return f"; {_hm(at)} happens twice that night (clocks go back): the first one (T8)"
+    return ""
 
 
 def _own_moment(
@@ -244,6 +275,7 @@ def _own_moment(
     steps: Sequence[StepSpec],
     email_moments: Mapping[int, datetime],
     done_utc: Mapping[int, datetime],
+    skipped: Collection[int],
 ) -> tuple[datetime, str, str]:
     """The step's own moment before T2/T5, its rule code and the clause that says why."""
     option = step.send_option if step.type is StepType.EMAIL else None
@@ -261,23 +293,34 @@ def _own_moment(
                 f"instead of {_hm(step.send_time)} (T1)"
             )
             return moment, "at_time_override", what
-        return _local(on, step.send_time, tz), "at_time", f"at {_hm(step.send_time)} (T2)"
+        what = f"at {_hm(step.send_time)} (T2){_dst_note(on, step.send_time, tz)}"
+        return _local(on, step.send_time, tz), "at_time", what
     if option is SendOption.SAME_AS_PREVIOUS:
         for j in range(i - 1, -1, -1):
             earlier = steps[j]
             if earlier.type is StepType.EMAIL and earlier.day < step.day:
                 ref = email_moments[j].astimezone(tz)
-                sent = "sent at " if j in done_utc else ""
-                what = f"same time as previous email (day {earlier.day}, {sent}{_hm(ref)}) (T3)"
-                return _local(on, ref.time(), tz), "same_as_previous", what
+                if earlier.position in skipped:
+                    source = f"planned time of the skipped email on day {earlier.day}, "
+                    codes = "T3, T10"
+                else:
+                    sent = "sent at " if earlier.position in done_utc else ""
+                    source, codes = f"day {earlier.day}, {sent}", "T3"
+                # The time of day the previous email really has, first occurrence (T8).
+                at = ref.time().replace(fold=0)
+                what = (
+                    f"same time as previous email ({source}{_hm(ref)}) ({codes})"
+                    f"{_dst_note(on, at, tz)}"
+                )
+                return _local(on, at, tz), "same_as_previous", what
         what = (
             f"same time as the campaign start ({_hm(s_time)}), "
-            "as there is no email on an earlier day (T3)"
+            f"as there is no email on an earlier day (T3){_dst_note(on, s_time, tz)}"
         )
         return _local(on, s_time, tz), "same_as_previous_start", what
     # email ``task`` and call, InMail and custom steps (T4)
     noun = "email task" if step.type is StepType.EMAIL else f"{step.type.value} task"
-    what = f"{noun} due at the campaign start time ({_hm(s_time)}) (T4)"
+    what = f"{noun} due at the campaign start time ({_hm(s_time)}) (T4){_dst_note(on, s_time, tz)}"
     return _local(on, s_time, tz), "task", what
 
 

@@ -114,7 +114,7 @@ def _lock_step(session: Session, enrollment_step_id: int) -> EnrollmentStep | No
 def enrollment_plan(session: Session, enrollment: Enrollment,
                     campaign: Campaign | None = None) -> tuple[list[EnrollmentStep],
                                                                list[PlannedStep]]:
-    """A person's step rows and their plan given what is already done (P1, T3, T7)."""
+    """A person's step rows and their plan given what is already done (P1, T3, T7, T10)."""
     campaign = campaign or session.get(Campaign, enrollment.campaign_id)
     assert campaign is not None
     rows = list(session.scalars(select(EnrollmentStep)
@@ -122,8 +122,9 @@ def enrollment_plan(session: Session, enrollment: Enrollment,
                                 .order_by(EnrollmentStep.position)
                                 .execution_options(populate_existing=True)))
     done = {r.position: r.done_at for r in rows if r.status in FINISHED_STEP and r.done_at}
+    skipped = {r.position for r in rows if r.status is StepStatus.SKIPPED and r.done_at}
     planned = plan(step_specs(campaign.steps), settings_of(campaign), enrollment.start_at,
-                   send_at=enrollment.send_at, done=done)
+                   send_at=enrollment.send_at, done=done, skipped=skipped)
     return rows, planned
 
 
