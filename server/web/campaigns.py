@@ -492,6 +492,10 @@ def _contacts(user: User, ids: list[int]) -> list[Contact]:
     return [by_id[i] for i in ids if i in by_id]
 
 
+#: A rule code in parentheses, "(T2)" or "(T3, T10)": the plan's reasons carry them, pages don't.
+_RULE_CODES = re.compile(r"\s*\((?:[A-Z]\d{1,2}(?:\s*\w+)?(?:,\s*)?)+\)")
+
+
 def _preview(campaign: Campaign, f: LaunchForm, people: list[Contact], now: datetime
              ) -> dict[str, Any]:
     """The plan each chosen person would get (P1).
@@ -508,7 +512,8 @@ def _preview(campaign: Campaign, f: LaunchForm, people: list[Contact], now: date
         rows.append({"day": p.day, "number": numbers[i], "type": step.type.value,
                      "send_option": step.send_option.value if step.send_option else None,
                      "follow_up": step.follow_up, "due_local": p.due_local,
-                     "due_utc": p.due_at.astimezone(UTC), "explanation": p.explanation,
+                     "due_utc": p.due_at.astimezone(UTC),
+                     "explanation": _RULE_CODES.sub("", p.explanation),
                      "depends_on": p.depends_on})
     return {"people": people, "steps": rows, "start": (f.send_at or start).astimezone(UTC),
             "scheduled": start > now, "fingerprint": f.fingerprint()}
