@@ -88,10 +88,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(token_views.pages)
 
     from server.campaigns import views as campaign_views
-    from server.compose import outbox_views, prefill_views
+    from server.compose import prefill_views
     from server.compose import views as template_views
     from server.contacts import views as contact_views
     from server.feed import views as feed_views
+    from server.sending import schedule_views as outbox_views
     from server.tasks import views as task_views
     from server.web import views as web_views
 
@@ -100,8 +101,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(module.bp)
     app.register_blueprint(outbox_views.bp)
 
-    from server.mail import connect_views as mailbox_views
-    from server.mail import send_views
+    from server.mailboxes import views as mailbox_views
+    from server.sending import views as send_views
 
     app.register_blueprint(send_views.bp)
 
@@ -115,7 +116,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if hasattr(module, "enrollments_bp"):
             app.register_blueprint(module.enrollments_bp)
 
-    from server.gmail import views as gmail_views
+    from server.addins.gmail import views as gmail_views
 
     gmail_views.init_app(app)
 
@@ -125,14 +126,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(campaign_pages.bp)
     app.register_blueprint(templates_pages.bp)
 
-    from server.addins.outlook import admin as outlook_admin
     from server.addins.outlook import views as outlook_views
+    from server.web import outlook_admin
 
     outlook_views.init_app(app)
     app.register_blueprint(outlook_admin.bp)
 
-    from server.salesforce import pages as salesforce_pages
     from server.salesforce import views as salesforce_views
+    from server.web import salesforce_admin as salesforce_pages
 
     app.register_blueprint(salesforce_views.bp)
     app.register_blueprint(salesforce_pages.bp)

@@ -147,7 +147,7 @@ def mailboxes_rekey() -> None:
     old key.
     """
     from server.crypto import KeyConfigError, keyring_from_config
-    from server.mail.mailboxes import reencrypt_secrets
+    from server.mailboxes.lifecycle import reencrypt_secrets
 
     app = _app()
     try:

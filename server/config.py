@@ -50,7 +50,7 @@ ENV_VARS: dict[str, str | None] = {
     "RELAY_ENV": "development",
     "FEED_STREAM_SECONDS": "25",
     "WORKER_POLL_SECONDS": "5",
-    # The outbox dispatcher (server/mail/dispatcher.py; the README's Sending table).
+    # The outbox dispatcher (server/sending/dispatcher.py; the README's Sending table).
     "SEND_LEASE_SECONDS": "120",
     "SEND_LEASE_MARGIN_SECONDS": "30",
     "SEND_BATCH": "50",
@@ -69,7 +69,7 @@ ENV_VARS: dict[str, str | None] = {
     "GMAIL_TIMEOUT_SECONDS": "20",
     # GET /metrics: a bearer secret a Prometheus server may use instead of an admin's token.
     "METRICS_TOKEN": None,
-    # Mailbox connections and sync (server/mail/; the README's Mailboxes section).
+    # Mailbox connections and sync (server/mailboxes/; the README's Mailboxes section).
     "MAIL_OUTBOX_DIR": None,
     "MAIL_SYNC_SECONDS": "60",
     "GOOGLE_AUTH_URI": None,

@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from server.accounts.models import Role
 from server.api.errors import ApiError
 from server.db import utcnow
-from server.mail.mailboxes import Mailbox, MailboxStatus
-from server.mail.models import ScheduledSend, SendStatus
+from server.mailboxes.lifecycle import Mailbox, MailboxStatus
 from server.salesforce.models import SyncItem, SyncStatus
+from server.sending.models import ScheduledSend, SendStatus
 
 bp = Blueprint("metrics", __name__)
 

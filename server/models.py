@@ -1,6 +1,7 @@
 """Import every table so that ``Base.metadata`` is complete (Alembic and tests use this)."""
 
 from server.accounts.models import ApiToken, Org, Role, User
+from server.addins.gmail.models import GmailReplyDraft
 from server.addins.outlook.models import MicrosoftIdentity, TaskSendReport
 from server.addins.versions import ManifestBuild
 from server.campaigns.models import Campaign, CampaignStep, Enrollment, EnrollmentStep
@@ -8,10 +9,9 @@ from server.compose.models import Template
 from server.contacts.models import Contact
 from server.db import Base
 from server.feed.models import EventKind, FeedEvent
-from server.gmail.models import GmailReplyDraft
-from server.mail.mailboxes import Mailbox, MailboxCursor, MailboxSync, MailMatch, OAuthState
-from server.mail.models import ScheduledSend, SendStatus
+from server.mailboxes.lifecycle import Mailbox, MailboxCursor, MailboxSync, MailMatch, OAuthState
 from server.salesforce.models import SalesforceConnection, SyncItem
+from server.sending.models import ScheduledSend, SendStatus
 from server.tasks.models import Task, TaskStatus
 from server.tasks.tags import TaskTag
 

@@ -1,10 +1,10 @@
 """``relay worker``: the background loop that makes due work happen.
 
 Each pass starts people whose scheduled start has come (their first task appears or their
-first email is scheduled), then runs the outbox dispatcher (:mod:`server.mail.dispatcher`):
+first email is scheduled), then runs the outbox dispatcher (:mod:`server.sending.dispatcher`):
 due emails are claimed under a lease and sent from each rep's connected mailbox, and sends
 whose outcome is unknown are reconciled. Then the connected mailboxes are synced (sent,
-reply and bounce detection, :func:`server.mail.sync.sync_mailboxes`), and the Salesforce
+reply and bounce detection, :func:`server.mailboxes.sync.sync_mailboxes`), and the Salesforce
 sync outbox is drained (:mod:`server.salesforce.sync`).
 
 Any number of ``relay worker`` processes may run against one PostgreSQL database, on any
@@ -36,15 +36,15 @@ from flask import Flask
 
 from server.campaigns.progress import start_due_enrollments
 from server.db import session_scope, use_worker_sessions, utcnow
-from server.mail.dispatcher import (
+from server.mailboxes.sync import sync_mailboxes
+from server.sending.dispatcher import (
     Dispatcher,
     DispatchResult,
     DispatchSettings,
     SystemClock,
     env_crash_hook,
 )
-from server.mail.sync import sync_mailboxes
-from server.mail.transport import TransportResolver
+from server.sending.transport import TransportResolver
 
 log = logging.getLogger("relay.worker")
 
@@ -74,14 +74,14 @@ def resolver_for(app: Flask) -> TransportResolver:
 
     ``MAIL_TRANSPORT=sink`` sends every rep's email to the test sink at ``MAIL_SINK_URL``
     (fault-injection tests and benchmarks; said loudly in the log). Otherwise each rep's
-    connected mailbox (``server.mail.providers.MailboxResolver``): a rep without a usable
+    connected mailbox (``server.sending.providers.MailboxResolver``): a rep without a usable
     one has no transport and their emails wait, except that ``MAIL_TRANSPORT=outbox`` (the
     development default) writes them to the local outbox folder.
     """
     resolver = app.extensions.get("relay.resolver")
     if resolver is None:
         if app.config.get("MAIL_TRANSPORT") == "sink":
-            from server.mail.fake import SinkResolver
+            from server.sending.fake import SinkResolver
 
             url = app.config.get("MAIL_SINK_URL") or ""
             if not url:
@@ -91,7 +91,7 @@ def resolver_for(app: Flask) -> TransportResolver:
                         "NOT delivered (tests and benchmarks only)", url)
             resolver = SinkResolver(url, timeout=timeout)
         else:
-            from server.mail.providers import MailboxResolver
+            from server.sending.providers import MailboxResolver
 
             # The same resolver (and transport cache) as the mailbox sync's.
             resolver = app.extensions.get("relay.mailbox_resolver")
@@ -186,7 +186,7 @@ def _dispatch(app: Flask, now: datetime | None, moment: datetime,
 
 
 def _sync(app: Flask, now: datetime) -> None:
-    """Sent, reply and bounce detection for connected mailboxes (server.mail.sync)."""
+    """Sent, reply and bounce detection for connected mailboxes (server.mailboxes.sync)."""
     result = sync_mailboxes(app, now)
     if result.errors:
         log.warning("mailbox sync: %d errors: %s", len(result.errors), result.errors[:5])

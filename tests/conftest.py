@@ -111,7 +111,7 @@ def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
         "FEED_STREAM_SECONDS": 1.0,
         "FEED_POLL_SECONDS": 0.05,
         "WORKER_POLL_SECONDS": 0.05,
-        # The tests' SMTP and IMAP servers listen on 127.0.0.1 (server/mail/hosts.py).
+        # The tests' SMTP and IMAP servers listen on 127.0.0.1 (server/mailboxes/hosts.py).
         "MAIL_HOST_ALLOWLIST": "127.0.0.1,localhost,::1",
     })
     yield app

@@ -1,4 +1,4 @@
-"""Outbox claims and lease-fenced writes (server/outbox/leases.py), on SQLite and PostgreSQL."""
+"""Outbox claims and lease-fenced writes (server/leases.py), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.db import session_scope
-from server.mail.models import ScheduledSend, SendStatus
-from server.outbox.leases import (
+from server.leases import (
     Claim,
     claim,
     expired,
@@ -19,6 +18,7 @@ from server.outbox.leases import (
     fenced_update_many,
     release,
 )
+from server.sending.models import ScheduledSend, SendStatus
 from tests.conftest import PG_URL, make_contact, make_org, make_user
 
 LEASE = timedelta(seconds=60)

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from server import worker
 from server.accounts.models import User
 from server.cli import main
-from server.mail.fake import FakeResolver, FakeTransport, ManualClock
-from server.mail.mailboxes import Mailbox, MailboxStatus, Provider
-from server.mail.models import OrgSendPolicy, ScheduledSend, SendStatus
+from server.mailboxes.lifecycle import Mailbox, MailboxStatus, Provider
 from server.salesforce.models import SyncItem, SyncKind, SyncStatus
+from server.sending.fake import FakeResolver, FakeTransport, ManualClock
+from server.sending.models import OrgSendPolicy, ScheduledSend, SendStatus
 from tests.conftest import World, make_contact
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from server.campaigns.launch import launch
 from server.campaigns.spec import SendOption
 from server.tasks.models import Task
 from tests.conftest import World, email_step, make_campaign, make_contact, make_template
-from tests.test_web_campaigns import sign_in
+from tests.web.test_campaigns import sign_in
 
 #: Routes left out of the walk: streams that hold the connection open.
 _SKIP = ("stream", "/events")

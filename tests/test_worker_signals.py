@@ -29,17 +29,17 @@ from server.cli import main
 from server.config import ENV_VARS, load_config, worker_problems
 from server.crypto import KeyRing
 from server.db import make_engine
-from server.mail.dispatcher import Dispatcher, DispatchSettings
-from server.mail.fake import FakeResolver, FakeTransport, ManualClock, SinkServer, _Handler
-from server.mail.mailboxes import Mailbox, Provider
-from server.mail.models import ScheduledSend, SendStatus
-from server.mail.providers import MailboxResolver
-from server.mail.providers.gmail import GmailTransport
-from server.mail.providers.graph import GraphTransport
-from server.mail.providers.smtp import SmtpTransport
+from server.mailboxes.lifecycle import Mailbox, Provider
+from server.sending.dispatcher import Dispatcher, DispatchSettings
+from server.sending.fake import FakeResolver, FakeTransport, ManualClock, SinkServer, _Handler
+from server.sending.models import ScheduledSend, SendStatus
+from server.sending.providers import MailboxResolver
+from server.sending.providers.gmail import GmailTransport
+from server.sending.providers.graph import GraphTransport
+from server.sending.providers.smtp import SmtpTransport
 from tests.conftest import World
-from tests.test_dispatch import plain_sends, rows
-from tests.test_dispatch_faults import seed, start_worker, statuses, worker_env
+from tests.sending.test_dispatcher import plain_sends, rows
+from tests.sending.test_dispatcher_faults import seed, start_worker, statuses, worker_env
 
 
 class _SlowHandler(_Handler):

@@ -16,7 +16,7 @@ Exporter = Callable[[Mapping[str, Any]], dict[str, bytes]]
 
 EXPORTERS: dict[str, str] = {
     "outlook": "server.addins.versions:export_files",
-    "gmail": "server.gmail.deployment:export_files",
+    "gmail": "server.addins.gmail.deployment:export_files",
 }
 
 

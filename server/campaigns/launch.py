@@ -32,8 +32,8 @@ from server.db import utcnow
 from server.errors import Conflict, Invalid
 from server.feed.models import EventKind, FeedEvent
 from server.feed.service import record_many
-from server.mail.models import ScheduledSend
 from server.salesforce import enqueue as salesforce
+from server.sending.models import ScheduledSend
 from server.tasks.models import Task
 
 MAX_CONTACTS = 50_000

@@ -30,8 +30,8 @@ from server.contacts.models import Contact
 from server.errors import Conflict
 from server.feed.models import EventKind
 from server.feed.service import record, record_many
-from server.mail.models import ScheduledSend, SendStatus
 from server.salesforce import enqueue as salesforce
+from server.sending.models import ScheduledSend, SendStatus
 from server.tasks.models import Task, TaskStatus
 
 FINISHED_STEP = (StepStatus.DONE, StepStatus.SKIPPED)

@@ -33,8 +33,8 @@ from server.compose.render import OutputTooLarge, Rendered, TemplateInvalid, ren
 from server.contacts.models import Contact
 from server.db import utcnow
 from server.errors import Conflict
-from server.mail.mailboxes import Mailbox, MailboxStatus, MailMatch, MatchKind
-from server.mail.models import ScheduledSend, SendStatus
+from server.mailboxes.lifecycle import Mailbox, MailboxStatus, MailMatch, MatchKind
+from server.sending.models import ScheduledSend, SendStatus
 from server.tasks.models import Task
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from server.campaigns.spec import StepType
 from server.db import UTCDateTime
-from server.mail.models import ScheduledSend
 from server.salesforce.mapping import excerpt
 from server.salesforce.models import (
     ConnectionStatus,
@@ -30,6 +29,7 @@ from server.salesforce.models import (
     SyncKind,
     SyncStatus,
 )
+from server.sending.models import ScheduledSend
 from server.tasks.models import Task, TaskStatus
 
 _CHUNK = 5_000

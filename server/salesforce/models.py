@@ -10,7 +10,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db import Base, JSONType, enum_column, utcnow
-from server.outbox.leases import Leased
+from server.leases import Leased
 
 #: The activity subject template a new org starts with.
 DEFAULT_SUBJECT_TEMPLATE = "{{activity_type}}: {{activity_subject}}"

@@ -1,6 +1,6 @@
 """Processing the sync outbox (``relay worker``) and reading completions back from Salesforce.
 
-A pass claims a batch of ready items under a lease (:mod:`server.outbox.leases`), calls
+A pass claims a batch of ready items under a lease (:mod:`server.leases`), calls
 Salesforce for each with no database transaction open, and writes each outcome with a
 lease-fenced release. A worker killed at any point leaves its items claimed; when the lease
 runs out another pass claims them again, and a retried create first looks for the Task the
@@ -28,13 +28,13 @@ from flask import Flask
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from server import leases
 from server.accounts.models import User
 from server.campaigns.models import Campaign
 from server.contacts.models import Contact
 from server.crypto import KeyConfigError, KeyRing, app_keyring
 from server.db import session_scope
 from server.errors import Conflict
-from server.outbox import leases
 from server.salesforce import mapping
 from server.salesforce.auth import TokenError
 from server.salesforce.client import (

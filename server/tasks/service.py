@@ -148,7 +148,7 @@ def _close(session: Session, user: User, task_id: int, status: TaskStatus,
     closes the task (web, add-ins, API): the rep sent it by hand or skipped it, so it must
     not go out as well. One the sender has already claimed is a Conflict.
     """
-    from server.compose.outbox import TaskNotFound, cancel_task_send
+    from server.sending.schedule import TaskNotFound, cancel_task_send
 
     verb = "marked as sent by hand" if status is TaskStatus.DONE else "task skipped"
     try:

@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session
 
 from server.accounts.models import Role, User
 from server.campaigns.spec import StepType
-from server.compose import outbox
 from server.db import get_session, utcnow
 from server.errors import Conflict, Invalid
 from server.feed.models import EventKind, FeedEvent
 from server.feed.service import latest_cursor
-from server.mail import resolve
-from server.mail.models import SendStatus
+from server.sending import resolve
+from server.sending import schedule as outbox
+from server.sending.models import SendStatus
 from server.tasks.service import Due, TaskFilter, list_tasks
 from server.web.views import bp, localtime, page, require_csrf, require_signed_in, signed_in
 

@@ -10,11 +10,11 @@ from flask import abort, flash, redirect, request, url_for
 
 from server.accounts.models import User
 from server.api.errors import FieldError
-from server.compose import outbox
 from server.compose.prefill import prefill_for_task
 from server.compose.render import sanitise_html
 from server.db import get_session, utcnow
 from server.errors import Conflict, Invalid
+from server.sending import schedule as outbox
 from server.tasks.models import CompletedVia, TaskStatus
 from server.tasks.service import complete_task, get_task_row, skip_task
 from server.web.views import bp, page, require_csrf, signed_in

@@ -7,10 +7,11 @@ from typing import Any
 from flask import Blueprint, current_app, flash, redirect, request, url_for
 
 from server.db import get_session, utcnow
-from server.mail import connections, hosts, oauth
-from server.mail import mailboxes as mbx
-from server.mail.connect_views import app_keyring, oauth_flow, redirect_uri
-from server.mail.mailboxes import MailboxError, Provider
+from server.mailboxes import connect as connections
+from server.mailboxes import hosts, oauth
+from server.mailboxes import lifecycle as mbx
+from server.mailboxes.lifecycle import MailboxError, Provider
+from server.mailboxes.views import app_keyring, oauth_flow, redirect_uri
 from server.web.views import page, require_csrf, require_signed_in
 
 bp = Blueprint("mailbox_pages", __name__)

@@ -1,7 +1,7 @@
 """Benchmark: the outbox dispatcher sending to a local SMTP sink, on PostgreSQL.
 
 One ``Dispatcher.run_once()`` per worker process drains due emails (pacing off, caps far
-above the load) through the SMTP transport (``server.mail.providers.smtp.SmtpTransport``,
+above the load) through the SMTP transport (``server.sending.providers.smtp.SmtpTransport``,
 which keeps one SMTP connection for up to 100 emails, as it sends in production) to an
 aiosmtpd sink on 127.0.0.1 that runs in its own process and counts what it receives.
 Measured, alternating, in each round:
@@ -47,12 +47,12 @@ from server.accounts.models import Org, User  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.contacts.models import Contact  # noqa: E402
 from server.db import make_engine  # noqa: E402
-from server.mail.dispatcher import Dispatcher, DispatchSettings  # noqa: E402
-from server.mail.headers import build_message  # noqa: E402
-from server.mail.models import OrgSendPolicy, ScheduledSend, SendStatus  # noqa: E402
-from server.mail.pacing import Pace  # noqa: E402
-from server.mail.providers.smtp import SmtpConfig, SmtpTransport  # noqa: E402
-from server.mail.transport import Draft  # noqa: E402
+from server.sending.dispatcher import Dispatcher, DispatchSettings  # noqa: E402
+from server.sending.headers import build_message  # noqa: E402
+from server.sending.models import OrgSendPolicy, ScheduledSend, SendStatus  # noqa: E402
+from server.sending.pacing import Pace  # noqa: E402
+from server.sending.providers.smtp import SmtpConfig, SmtpTransport  # noqa: E402
+from server.sending.transport import Draft  # noqa: E402
 
 SETTINGS = DispatchSettings(lease=timedelta(seconds=300), margin=timedelta(seconds=30),
                             batch=50, pace=Pace(count=0), daily_cap=10 ** 9)

@@ -38,10 +38,10 @@ from bench_prefill import load  # noqa: E402
 from flask import jsonify  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
+from server.addins.gmail.client import FakeGmailApi, OpenedMessage  # noqa: E402
+from server.addins.gmail.deployment import ENDPOINTS  # noqa: E402
+from server.addins.gmail.views import BASE_SCOPES, AddOnCall, verified_call  # noqa: E402
 from server.app import create_app  # noqa: E402
-from server.gmail.client import FakeGmailApi, OpenedMessage  # noqa: E402
-from server.gmail.deployment import ENDPOINTS  # noqa: E402
-from server.gmail.views import BASE_SCOPES, AddOnCall, verified_call  # noqa: E402
 from tests.gmail_support import LocalGoogle, event, gmail_config  # noqa: E402
 
 PING = "/gmail/bench-ping"

@@ -16,7 +16,7 @@ from server.compose.models import Template
 from server.db import utcnow
 from server.feed.models import EventKind
 from server.feed.service import record
-from server.mail.models import ScheduledSend, SendStatus
+from server.sending.models import ScheduledSend, SendStatus
 from server.tasks.models import Task, TaskStatus
 from tests.conftest import World, email_step, make_campaign, make_contact
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.db import utcnow
-from server.mail.models import Resolution, ScheduledSend, SendStatus
+from server.sending.models import Resolution, ScheduledSend, SendStatus
 from tests.browser.test_compose_flow import sign_in
 from tests.conftest import World, make_contact
 

@@ -8,16 +8,16 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server import leases
 from server.accounts.models import Role
 from server.campaigns.launch import launch
 from server.campaigns.progress import send_finished
 from server.campaigns.spec import SendOption, StepType
 from server.db import session_scope
-from server.mail.models import ScheduledSend, SendStatus
-from server.outbox import leases
 from server.salesforce import enqueue, sync
 from server.salesforce.fake import Failure, FakeSalesforce
 from server.salesforce.models import ConnectionStatus, SyncItem, SyncKind, SyncStatus
+from server.sending.models import ScheduledSend, SendStatus
 from server.tasks.models import CompletedVia, Task, TaskStatus
 from server.tasks.service import complete_task, skip_task
 from tests.conftest import (

@@ -1,1 +1,0 @@
-"""Mail: the scheduled-send outbox (the dispatcher and transports come with sending)."""

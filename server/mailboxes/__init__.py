@@ -1,0 +1,1 @@
+"""Mailboxes: connecting (OAuth, SMTP/IMAP), lifecycle, sync and detection of sent/reply/bounce."""

@@ -1,1 +1,0 @@
-"""Outbox machinery shared by the email dispatcher and the CRM sync: claims with leases."""

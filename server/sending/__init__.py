@@ -1,0 +1,1 @@
+"""Sending: scheduled sends, the dispatcher, pacing, the header builder and the providers."""
